@@ -1,0 +1,65 @@
+"""Shared fixtures. Every test is offline: HF_HUB_OFFLINE=1 and an empty HF_HOME of its own.
+
+The miniature world is built once per checkout (under ``.test-cache/``, keyed by its settings) and
+reused by every test that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before huggingface_hub is imported anywhere: it reads these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="unlearn-audit-test-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The miniature is built inside the checkout (ignored by git): a fresh clone, as in CI, builds it anew.
+os.environ.setdefault("UNLEARN_AUDIT_HOME", str(Path(__file__).resolve().parent.parent / ".test-cache"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def world():
+    """The built miniature (see unlearn_audit.miniature.build)."""
+    from unlearn_audit.miniature.build import build_miniature
+
+    return build_miniature()
+
+
+@pytest.fixture(scope="session")
+def audits(world, tmp_path_factory):
+    """Audits of the fragile and robust checkpoints through the CLI, run once and shared."""
+    from typer.testing import CliRunner
+
+    from unlearn_audit.cli import app
+
+    runner = CliRunner()
+    results = {}
+    for name in ("fragile", "robust"):
+        out = tmp_path_factory.mktemp(f"audit-{name}")
+        result = runner.invoke(app, ["check", f"miniature/{name}", "--quant", "rtn:8,rtn:4",
+                                     "--cache-dir", str(world.hub_cache), "--out", str(out)])
+        results[name] = (result, out)
+    return results
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path) -> Path:
+    return tmp_path / "hub"

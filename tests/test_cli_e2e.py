@@ -1,0 +1,114 @@
+"""The CLI end to end on the miniature world, through the real resolution and loading code.
+
+The audits themselves run once per session (see the ``audits`` fixture in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unlearn_audit.cli import app
+
+runner = CliRunner()
+
+
+def _record(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def _recovery(record: dict, metric: str, variant: str) -> dict:
+    return next(r for r in record["recoveries"] if r["metric"] == metric and r["variant"] == variant)
+
+
+def test_fragile_checkpoint_fails_because_4bit_brings_memory_back(audits):
+    result, out = audits["fragile"]
+    assert result.exit_code == 1, result.output
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html"}
+    record = _record(out)
+    assert record["schema_version"] == 1
+    assert record["verdict"]["decision"] == "FAIL"
+    for metric in ("verbmem_f", "knowmem_f"):
+        assert _recovery(record, metric, "rtn:4:g128")["value"] >= 0.8
+        assert _recovery(record, metric, "rtn:8:g128")["value"] <= 0.2
+        residual = next(r for r in record["residuals"] if r["metric"] == metric)
+        assert residual["status"] == "ok"  # it does look clean at full precision
+    assert "FAIL" in result.output
+
+
+def test_robust_checkpoint_passes(audits):
+    result, out = audits["robust"]
+    assert result.exit_code == 0, result.output
+    record = _record(out)
+    assert record["verdict"]["decision"] == "PASS"
+    assert all(r["status"] == "ok" for r in record["recoveries"] if r["metric"] in ("verbmem_f", "knowmem_f"))
+
+
+def test_record_names_what_was_audited(audits, world):
+    record = _record(audits["fragile"][1])
+    assert record["models"]["unlearned"]["repo"]["commit"] == world.info["commits"]["miniature/fragile"]
+    assert record["models"]["original"]["repo"]["repo_id"] == "miniature/original"
+    assert record["models"]["retrain"]["repo"]["repo_id"] == "miniature/retrain"
+    assert record["dataset"]["commit"] == world.info["commits"]["miniature/news"]
+    assert record["spec_source"] == "unlearn_audit.yaml in miniature/fragile"
+    assert record["reference"]["source"] == "retrain"
+    assert {"torch", "transformers", "huggingface_hub"} <= set(record["environment"]["packages"])
+    four_bit = next(r for r in record["runs"] if r["role"] == "unlearned" and r["variant"] == "rtn:4:g128")
+    assert four_bit["proof"]["layers_quantized"] == 28 and four_bit["proof"]["max_levels"] <= 16
+    assert four_bit["settings"]["group_size"] == 128
+    verbmem_items = four_bit["items"]["verbmem_f"]
+    assert len(verbmem_items) == record["data_counts"]["verbmem"]
+    assert {"prompt", "reference", "generation", "score"} <= set(verbmem_items[0])
+
+
+def test_reports_render_the_verdict_and_rerender_from_the_record(audits, tmp_path):
+    _, out = audits["fragile"]
+    record = _record(out)
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert record["verdict"]["headline"] in md
+    assert "<script" not in html.lower()
+    assert 'class="verdict FAIL"' in html
+    result = runner.invoke(app, ["report", str(out / "report.json"), "--format", "md,html", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.md").read_text() == md
+    assert (tmp_path / "report.html").read_text() == html
+
+
+def test_inconclusive_when_the_original_never_knew(world, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("spec_version: 1\ndataset: miniature/news\noriginal: miniature/retrain\nretrain: miniature/retrain\n")
+    result = runner.invoke(app, ["check", "miniature/retrain", "--spec", str(spec), "--quant", "rtn:4",
+                                 "--max-items", "8", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 4, result.output
+    assert _record(tmp_path / "o")["verdict"]["decision"] == "INCONCLUSIVE"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check", "miniature/original"], "no forget-set spec"),
+    (["check", "miniature/absent", "--forget", "news"], "not in the local Hub cache"),
+    (["check", "miniature/fragile", "--quant", "rtn:12"], "bit width 12 is not supported"),
+    (["check", "miniature/fragile", "--forget", "news", "--spec", "x.yaml"], "both --forget and --spec"),
+    (["check", "miniature/fragile", "--max-recovery", "3"], "outside [0, 1]"),
+])
+def test_bad_input_exits_2_with_one_line(world, tmp_path, args, message):
+    result = runner.invoke(app, [*args, "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Fix:" in lines[0], result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_console_script_exit_code(world, tmp_path):
+    """The installed entry point, as a CI gate calls it."""
+    proc = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/fragile", "--quant", "rtn:9",
+                           "--cache-dir", str(world.hub_cache)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,113 @@
+"""Metric arithmetic against values worked out by hand, and against independent implementations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from unlearn_audit.scoring import (
+    Interval,
+    auc_forget_vs_holdout,
+    batched_auc,
+    min_k_score,
+    percentile_interval,
+    rouge_l,
+    share,
+)
+
+
+def test_rouge_l_by_hand():
+    # reference: the cat sat on the mat (6 tokens); generation: the cat lay on the mat (6 tokens)
+    # LCS = "the cat on the mat" = 5 -> precision 5/6, recall 5/6, F1 5/6
+    r = rouge_l("the cat sat on the mat", "the cat lay on the mat")
+    assert r.precision == pytest.approx(5 / 6)
+    assert r.recall == pytest.approx(5 / 6)
+    assert r.f1 == pytest.approx(5 / 6)
+
+
+def test_rouge_l_unequal_lengths_by_hand():
+    # reference: a b c d (4); generation: x a c (3); LCS = "a c" = 2 -> P 2/3, R 2/4, F1 = 2PR/(P+R) = 4/7
+    r = rouge_l("a b c d", "x a c")
+    assert r.precision == pytest.approx(2 / 3)
+    assert r.recall == pytest.approx(1 / 2)
+    assert r.f1 == pytest.approx(4 / 7)
+
+
+def test_rouge_l_tokenisation_is_case_and_punctuation_blind_and_unstemmed():
+    # rouge_score lowercases and drops punctuation; without the stemmer "cats" != "cat"
+    assert rouge_l("The cat, sat!", "the cat sat").f1 == pytest.approx(1.0)
+    assert rouge_l("cats", "cat").f1 == 0.0
+    assert rouge_l("cats", "cat", use_stemmer=True).f1 == pytest.approx(1.0)
+    assert rouge_l("anything", "").f1 == 0.0
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_rouge_l_matches_an_independent_lcs():
+    rng = np.random.default_rng(3)
+    words = "alpha beta gamma delta eps zeta".split()
+    for _ in range(25):
+        ref = list(rng.choice(words, size=rng.integers(1, 12)))
+        gen = list(rng.choice(words, size=rng.integers(1, 12)))
+        lcs = _lcs(ref, gen)
+        p, r = lcs / len(gen), lcs / len(ref)
+        f = 0.0 if lcs == 0 else 2 * p * r / (p + r)
+        assert rouge_l(" ".join(ref), " ".join(gen)).f1 == pytest.approx(f)
+
+
+def test_min_k_by_hand():
+    # n = 5, k = 0.4 -> int(2) lowest: -5, -4 -> mean -4.5 -> score 4.5
+    assert min_k_score([-1, -2, -3, -4, -5], 0.4) == pytest.approx(4.5)
+    # n = 10, k = 0.25 -> int(2.5) = 2 lowest
+    lp = [-0.1] * 8 + [-7.0, -9.0]
+    assert min_k_score(lp, 0.25) == pytest.approx(8.0)
+
+
+def test_min_k_empty_selection_follows_muse_or_open_unlearning():
+    # n = 2, k = 0.4 -> int(0.8) = 0: MUSE's mean of nothing is NaN; open-unlearning takes max(1, .)
+    assert math.isnan(min_k_score([-1.0, -3.0], 0.4))
+    assert min_k_score([-1.0, -3.0], 0.4, at_least_one=True) == pytest.approx(3.0)
+
+
+def test_auc_by_hand():
+    # forget scores [3, 1], holdout [2, 4]; AUC = P(holdout < forget) = pairs (2<3) only -> 1/4
+    assert auc_forget_vs_holdout(np.array([3.0, 1.0]), np.array([2.0, 4.0])) == pytest.approx(0.25)
+    # ties count one half: forget [2], holdout [2] -> 0.5
+    assert auc_forget_vs_holdout(np.array([2.0]), np.array([2.0])) == pytest.approx(0.5)
+    # memorised forget set (low Min-K% score = likely text) -> AUC 0
+    assert auc_forget_vs_holdout(np.array([0.1, 0.2]), np.array([3.0, 4.0])) == 0.0
+
+
+def test_auc_matches_sklearn_roc_curve_as_muse_calls_it():
+    from sklearn.metrics import auc, roc_curve
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        forget = np.round(rng.normal(2, 1, 37), 1)  # rounding makes ties
+        holdout = np.round(rng.normal(2.5, 1, 41), 1)
+        y = np.r_[np.zeros(len(forget)), np.ones(len(holdout))]
+        fpr, tpr, _ = roc_curve(y, -np.r_[forget, holdout])
+        assert auc_forget_vs_holdout(forget, holdout) == pytest.approx(auc(fpr, tpr))
+
+
+def test_batched_auc_rows_are_independent():
+    f = np.array([[3.0, 1.0], [0.0, 0.0]])
+    h = np.array([[2.0, 4.0], [1.0, 1.0]])
+    np.testing.assert_allclose(batched_auc(f, h), [0.25, 0.0])
+
+
+def test_percentile_interval_and_undefined_share():
+    samples = np.arange(1001, dtype=float)
+    i = percentile_interval(500.0, samples)
+    assert i.low == pytest.approx(25.0) and i.high == pytest.approx(975.0)
+    assert share(np.array([1.0, 1.0]), np.array([2.0, 0.01]), 0.1)[0] == 0.5
+    assert math.isnan(share(np.array([1.0]), np.array([0.01]), 0.1)[0])
+    assert Interval(float("nan"), 1.0, 2.0).as_dict()["value"] is None

@@ -1,0 +1,95 @@
+"""The verdict policy on hand-made figures, and the recovery arithmetic on hand-made probe outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unlearn_audit.analysis import FULL, Analysis, Reference, Share, analyse
+from unlearn_audit.config import Thresholds
+from unlearn_audit.probes.base import ItemScore, ProbeOutput
+from unlearn_audit.scoring import Interval
+from unlearn_audit.verdict import Decision, decide
+
+
+def _analysis(residual: tuple[float, float, float], recovery: tuple[float, float, float], gap: float = 50.0) -> Analysis:
+    a = Analysis()
+    a.gaps = {"verbmem_f": gap}
+    a.residuals = [Share("verbmem_f", None, Interval(*residual))]
+    a.recoveries = [Share("verbmem_f", "rtn:4:g128", Interval(*recovery))]
+    return a
+
+
+T = Thresholds(max_recovery=0.25, max_residual=0.5, min_gap=10, judged=("verbmem_f",))
+
+
+@pytest.mark.parametrize("residual,recovery,decision", [
+    ((0.1, 0.0, 0.2), (0.05, 0.0, 0.1), Decision.PASS),
+    ((0.1, 0.0, 0.2), (0.9, 0.8, 1.0), Decision.FAIL),        # quantization brings it back
+    ((0.8, 0.7, 0.9), (0.05, 0.0, 0.1), Decision.FAIL),       # never forgot at full precision
+    ((0.1, 0.0, 0.2), (0.25, 0.1, 0.4), Decision.INCONCLUSIVE),  # interval straddles the threshold
+    ((0.1, 0.0, 0.2), (float("nan"),) * 3, Decision.INCONCLUSIVE),  # recovery undefined
+])
+def test_policy(residual, recovery, decision):
+    v = decide(_analysis(residual, recovery), T)
+    assert v.decision is decision
+    assert int(v.decision.exit_code) == {Decision.PASS: 0, Decision.FAIL: 1, Decision.INCONCLUSIVE: 4}[decision]
+
+
+def test_fail_headline_names_the_variant_and_share():
+    v = decide(_analysis((0.1, 0.0, 0.2), (0.94, 0.88, 0.98)), T, {"rtn:4:g128": "4-bit RTN (rtn:4:g128)"})
+    assert v.headline.startswith("4-bit RTN (rtn:4:g128) brings back 94% [88%–98%] of the verbatim memory")
+
+
+def test_original_that_never_knew_is_inconclusive():
+    v = decide(_analysis((0.1, 0.0, 0.2), (0.9, 0.8, 1.0), gap=3.0), T)
+    assert v.decision is Decision.INCONCLUSIVE
+    assert "cannot be judged" in v.headline
+
+
+def _mean_output(metric: str, scores: list[float]) -> ProbeOutput:
+    return ProbeOutput(metric, "mean", [ItemScore(f"{metric}/{i}", s) for i, s in enumerate(scores)])
+
+
+def test_recovery_and_residual_by_hand():
+    # original 0.8 everywhere -> 80; unlearned 0.2 -> 20; Q(unlearned) 0.65 -> 65; retrain 0.1 -> 10
+    # recovery = (65 - 20) / (80 - 20) = 0.75; residual = (20 - 10) / (80 - 10) = 1/7
+    n = 20
+    outputs = {
+        "original": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.8] * n)},
+                     "q": {"verbmem_f": _mean_output("verbmem_f", [0.8] * n)}},
+        "unlearned": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.2] * n)},
+                      "q": {"verbmem_f": _mean_output("verbmem_f", [0.65] * n)}},
+        "retrain": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.1] * n)}},
+    }
+    a = analyse(outputs, Reference("retrain", None, "r"), min_gap=10, resamples=200, seed=1)
+    assert a.recoveries[0].interval.value == pytest.approx(0.75)
+    assert a.residuals[0].interval.value == pytest.approx(1 / 7)
+    assert a.values["unlearned"]["q"]["verbmem_f"].value == pytest.approx(65.0)
+
+
+def test_paired_bootstrap_is_seeded_and_paired():
+    rng = np.random.default_rng(0)
+    o = rng.uniform(0.6, 1.0, 30)
+    u = o * 0.2
+    q = o * 0.9  # each item recovers (0.9-0.2)/(1-0.2) = 0.875 of its own drop -> tight paired interval
+    outputs = {"original": {FULL: {"verbmem_f": _mean_output("verbmem_f", list(o))}},
+               "unlearned": {FULL: {"verbmem_f": _mean_output("verbmem_f", list(u))},
+                             "q": {"verbmem_f": _mean_output("verbmem_f", list(q))}}}
+    a1 = analyse(outputs, Reference("default", 0.5, "d"), min_gap=1, resamples=300, seed=7)
+    a2 = analyse(outputs, Reference("default", 0.5, "d"), min_gap=1, resamples=300, seed=7)
+    r1, r2 = a1.recoveries[0].interval, a2.recoveries[0].interval
+    assert (r1.value, r1.low, r1.high) == (r2.value, r2.low, r2.high)
+    assert r1.value == pytest.approx(0.875)
+    assert r1.high - r1.low < 1e-9  # paired: every resample gives the same ratio
+
+
+def test_privleak_normalised_by_reference_auc():
+    # forget scores all below holdout -> AUC 0 -> PrivLeak = (0 - 50) / 50 x 100 = -100
+    items = [ItemScore(f"f{i}", 0.1, extra={"split": "forget"}) for i in range(5)] + \
+            [ItemScore(f"h{i}", 3.0, extra={"split": "holdout"}) for i in range(5)]
+    out = ProbeOutput("privleak", "auc", items)
+    outputs = {"original": {FULL: {"privleak": out}}, "unlearned": {FULL: {"privleak": out}}}
+    a = analyse(outputs, Reference("default", 0.5, "d"), min_gap=10, resamples=50)
+    assert a.values["original"][FULL]["privleak_auc"].value == 0.0
+    assert a.values["original"][FULL]["privleak"].value == pytest.approx(-100.0)

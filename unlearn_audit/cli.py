@@ -1,0 +1,272 @@
+"""The ``unlearn-audit`` command: a thin adapter from flags to the library API and exit codes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .config import DEFAULT_FORMATS, DEFAULT_QUANT, AuditConfig, ProbeSettings, Thresholds
+from .errors import AuditError, ExitCode, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Audit 'unlearned' language models: does quantization bring the forgotten knowledge back?")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+T = TypeVar("T")
+
+# Shared option types (reused by every command that takes them).
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.md, report.html.")]
+QuantOpt = Annotated[list[str], typer.Option(
+    "--quant", "-q", help="Quantized variants to test, comma-separated: rtn:BITS[:gN][:sym][:head]. See `quantizers`.")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Report formats, comma-separated: json,md,html.")]
+CacheOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Hugging Face Hub cache to resolve from (default: HF_HUB_CACHE / HF_HOME).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda:0.")]
+MaxItemsOpt = Annotated[Optional[int], typer.Option(
+    "--max-items", min=1, help="Probe only the first N items of each split (a quick look; recorded).")]
+
+
+def _debug() -> bool:
+    return os.environ.get("UNLEARN_AUDIT_DEBUG", "") not in ("", "0")
+
+
+def guarded(run: Callable[[], T]) -> T:
+    """Run ``run``; turn known failures into one line on stderr and their exit code."""
+    try:
+        return run()
+    except AuditError as exc:
+        if _debug():
+            raise
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted; no report was written. Fix: run the command again.", soft_wrap=True)
+        raise typer.Exit(int(ExitCode.RUNTIME)) from None
+    except MemoryError:
+        err.print("[bold red]error:[/] out of memory. Fix: use a machine with more memory, a smaller --batch-size "
+                  "or fewer variants.", soft_wrap=True)
+        raise typer.Exit(int(ExitCode.RUNTIME)) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # the tool broke: never exit 0, never a bare traceback
+        if _debug():
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {first}. Fix: re-run with "
+                  "UNLEARN_AUDIT_DEBUG=1 for the traceback and report it.", soft_wrap=True, markup=True)
+        raise typer.Exit(int(ExitCode.RUNTIME)) from None
+
+
+class RichReporter:
+    """Progress bars on stderr while an audit runs."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=False)
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        task_id = self.progress.add_task(description, total=total)
+        return lambda n: self.progress.advance(task_id, n)
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[dim]{message}[/]")
+
+
+def _split(values: list[str] | str) -> tuple[str, ...]:
+    items = values if isinstance(values, list) else [values]
+    return tuple(p.strip() for v in items for p in v.split(",") if p.strip())
+
+
+def _print_verdict(verdict: dict, files: dict[str, Path]) -> None:
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[verdict["decision"]]
+    out.print(f"[bold {colour}]{verdict['decision']}[/]: {verdict['headline']}", soft_wrap=True)
+    for fmt, path in files.items():
+        err.print(f"  {fmt:5s} {path}", soft_wrap=True)
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id (org/name) or local folder.")],
+    forget: Annotated[Optional[str], typer.Option(
+        "--forget", help="Forget set: preset (news, books), dataset repo id or folder.")] = None,
+    spec: Annotated[Optional[Path], typer.Option("--spec", help="Forget-set spec file (unlearn_audit.yaml).")] = None,
+    original: Annotated[Optional[str], typer.Option(
+        "--original", help="The original model (default: the spec's, else the card's base_model).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Revision of MODEL.")] = None,
+    original_revision: Annotated[Optional[str], typer.Option("--original-revision")] = None,
+    quant: QuantOpt = list(DEFAULT_QUANT),
+    out_dir: OutOpt = Path("unlearn-audit-out"),
+    formats: FormatOpt = ",".join(DEFAULT_FORMATS),
+    max_recovery: Annotated[float, typer.Option(help="FAIL when a variant recovers more than this share.")] = 0.25,
+    max_residual: Annotated[float, typer.Option(help="FAIL when full precision keeps more than this share.")] = 0.5,
+    min_gap: Annotated[float, typer.Option(help="Points by which the original must beat the reference.")] = 10.0,
+    max_items: MaxItemsOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per forward batch.")] = 16,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    device: DeviceOpt = "cpu",
+    cache_dir: CacheOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run model code from the repo (review it first).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin weights (can run code).")] = False,
+) -> None:
+    """Audit MODEL: probe it and its original at full precision and quantized; write the reports."""
+
+    def run() -> int:
+        from .pipeline import audit, prepare_out_dir, write_reports
+
+        config = AuditConfig(
+            model=model, revision=revision, original=original, original_revision=original_revision,
+            forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
+            thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
+            probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed), device=device,
+            cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
+        prepare_out_dir(out_dir)
+        with RichReporter() as reporter:
+            report = audit(config, reporter)
+        files = write_reports(report, out_dir, config.formats)
+        _print_verdict(report.verdict, files)
+        return int(report.verdict["exit_code"])
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def demo(
+    out_dir: OutOpt = Path("unlearn-audit-demo"),
+    quant: QuantOpt = list(DEFAULT_QUANT),
+    root: Annotated[Optional[Path], typer.Option(help="Where the miniature is built (default: ~/.cache/unlearn_audit).")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild the miniature even if a finished build exists.")] = False,
+) -> None:
+    """Build (or reuse) the miniature world and audit its fragile and robust checkpoints."""
+
+    def run() -> int:
+        from .miniature.build import build_miniature
+        from .pipeline import audit, prepare_out_dir, write_reports
+
+        world = _build_world(root, rebuild)
+        expected = {"fragile": "FAIL", "robust": "PASS"}
+        ok = True
+        for name, want in expected.items():
+            folder = out_dir / name
+            prepare_out_dir(folder)
+            config = AuditConfig(model=world.repo(name), quant=_split(quant), out_dir=folder, cache_dir=world.hub_cache,
+                                 offline=True, command=f"HF_HUB_CACHE={shlex.quote(str(world.hub_cache))} HF_HUB_OFFLINE=1 "
+                                 f"unlearn-audit check {world.repo(name)} --quant {','.join(_split(quant))} --out {shlex.quote(str(folder))}")
+            with RichReporter() as reporter:
+                report = audit(config, reporter)
+            files = write_reports(report, folder, config.formats)
+            out.print(f"[bold]{world.repo(name)}[/] (expected {want})")
+            _print_verdict(report.verdict, files)
+            ok &= report.verdict["decision"] == want
+        out.print(f"\nAudit the miniature yourself:\n  HF_HUB_CACHE={world.hub_cache} HF_HUB_OFFLINE=1 "
+                  "unlearn-audit check miniature/fragile --quant rtn:8,rtn:4,rtn:3", soft_wrap=True)
+        if not ok:
+            err.print("[bold red]error:[/] the miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
+                      "Fix: rebuild it with --rebuild; if it persists, report it.", soft_wrap=True)
+            return int(ExitCode.FAIL)
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .miniature.build import build_miniature
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        world = build_miniature(root, force=rebuild, progress=tick)
+    return world
+
+
+@app.command()
+def miniature(
+    root: Annotated[Optional[Path], typer.Option(help="Where to build (default: ~/.cache/unlearn_audit).")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
+) -> None:
+    """Build (or find) the miniature world and print where its Hub cache is."""
+
+    def run() -> int:
+        world = _build_world(root, rebuild)
+        out.print(f"HF_HUB_CACHE={world.hub_cache}")
+        out.print("repos: miniature/news (dataset), miniature/original, miniature/retrain, miniature/fragile, "
+                  "miniature/robust", soft_wrap=True)
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def report(
+    record: Annotated[Path, typer.Argument(help="A report.json written by an audit.")],
+    formats: FormatOpt = "html,md",
+    out_dir: OutOpt = Path("."),
+) -> None:
+    """Re-render reports from an audit record."""
+
+    def run() -> int:
+        from .pipeline import write_reports
+        from .report.record import read_report
+
+        rec = read_report(record)
+        files = write_reports(rec, out_dir, _split(formats))
+        for fmt, path in files.items():
+            out.print(f"{fmt:5s} {path}")
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def quantizers() -> None:
+    """List the quantization methods, their --quant syntax and what each needs."""
+    from .quantize import METHODS
+
+    for info in METHODS.values():
+        out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {info.summary}\n  needs: {info.needs}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"unlearn-audit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """Audit 'unlearned' language models: does quantization bring the forgotten knowledge back?"""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

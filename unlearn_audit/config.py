@@ -1,0 +1,102 @@
+"""Typed settings of one audit: what the CLI (or a library user) hands to :func:`unlearn_audit.audit`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+DEFAULT_QUANT = ("rtn:8", "rtn:4")
+DEFAULT_FORMATS = ("json", "md", "html")
+KNOWN_FORMATS = ("json", "md", "html")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Verdict policy thresholds (shares in [0, 1]); see README "Verdicts"."""
+
+    max_recovery: float = 0.25
+    """FAIL when a quantized variant brings back more than this share of what unlearning removed."""
+    max_residual: float = 0.5
+    """FAIL when the unlearned model at full precision keeps more than this share of the original's
+    knowledge (measured above the retrained reference where there is one, else above zero)."""
+    min_gap: float = 10.0
+    """A metric (on its 0-100 scale; AUC x 100 for PrivLeak) counts as known by the original only if
+    the original beats the reference by at least this much; below it, the metric cannot judge."""
+    judged: tuple[str, ...] = ("verbmem_f", "knowmem_f", "privleak")
+    """Metrics whose recovery the verdict looks at. Utility (knowmem_r) is reported, never judged."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_recovery", "max_residual"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} is {value}, outside [0, 1]",
+                                 "give a share between 0 and 1, e.g. 0.25")
+        if self.min_gap < 0:
+            raise UsageError(f"--min-gap is {self.min_gap}, negative", "give a positive gap, e.g. 10")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probes run. Defaults follow MUSE's reference code (see METRICS in the docs)."""
+
+    verbmem_max_new_tokens: int = 128
+    knowmem_max_new_tokens: int = 32
+    minkprob_k: float = 0.4
+    max_items: int | None = None
+    """Use only the first N items of each split (quick looks; recorded in the report)."""
+    batch_size: int = 16
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything one audit needs. Build it from flags (CLI) or directly (library)."""
+
+    model: str
+    """The unlearned model: a Hub id (``org/name``) or a local folder."""
+    revision: str | None = None
+    original: str | None = None
+    """The original (pre-unlearning) model; default: the spec's, else the card's ``base_model``."""
+    original_revision: str | None = None
+    forget: str | None = None
+    """A preset name (``news``, ``books``), a dataset repo id, or a local dataset folder."""
+    spec_path: Path | None = None
+    quant: tuple[str, ...] = DEFAULT_QUANT
+    out_dir: Path = Path("unlearn-audit-out")
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    """Hugging Face Hub cache to resolve from (default: the usual HF_HUB_CACHE / HF_HOME)."""
+    offline: bool | None = None
+    """Force offline resolution; default follows HF_HUB_OFFLINE."""
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    command: str | None = None
+    """The command line that started this audit, recorded so a reader can reproduce it."""
+
+    def __post_init__(self) -> None:
+        if not self.quant:
+            raise UsageError("no quantization variant to test", "pass --quant, e.g. --quant rtn:8,rtn:4")
+        unknown = [f for f in self.formats if f not in KNOWN_FORMATS]
+        if unknown:
+            raise UsageError(f"unknown report format {', '.join(unknown)}",
+                             f"use some of {', '.join(KNOWN_FORMATS)}")
+        if self.forget is not None and self.spec_path is not None:
+            raise UsageError("both --forget and --spec given", "pass only one of them")
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready view for the report (paths as strings)."""
+        data = asdict(self)
+        for key in ("spec_path", "out_dir", "cache_dir"):
+            if data[key] is not None:
+                data[key] = str(data[key])
+        data["quant"] = list(self.quant)
+        data["formats"] = list(self.formats)
+        data["thresholds"]["judged"] = list(self.thresholds.judged)
+        return data

@@ -1,0 +1,94 @@
+"""Safe model loading: safetensors first, pickled weights refused, remote code off unless asked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, RuntimeFailure, UnsafeModelError
+from .hub import ResolvedRepo
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer, and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    repo: ResolvedRepo
+    dtype: str
+    n_parameters: int
+
+
+def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+    """Refuse checkpoints that would execute code: remote code (``auto_map``) or pickled weights."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{folder} has no config.json, so it is not a transformers model",
+                         "point at a model repo or folder with config.json and weights")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{config_path} is not valid JSON ({exc})", "fix or re-download the model") from None
+    if config.get("auto_map") and not trust_remote_code:
+        raise UnsafeModelError(f"{folder.name} needs custom code from its repo (auto_map in config.json)",
+                               "review the code, then pass --trust-remote-code to run it")
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    has_safetensors = any(name.endswith(".safetensors") for name in files)
+    has_pickle = any(name.endswith(_PICKLE_SUFFIXES) for name in files)
+    if not has_safetensors:
+        if has_pickle and not allow_pickle:
+            raise UnsafeModelError(f"{folder.name} has only pickled weights (.bin/.pt), which can run code when loaded",
+                                   "ask the publisher for safetensors, or pass --allow-pickle if you trust it")
+        if not has_pickle:
+            raise InputError(f"{folder.name} has no weight files", "check that the repo holds model weights")
+
+
+def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a resolved folder, safely."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is the one on stderr
+
+    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    has_safetensors = any(p.suffix == ".safetensors" for p in repo.path.iterdir())
+    torch_dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            repo.path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=True if has_safetensors else False)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise InputError(f"{repo.reference} is not a causal language model",
+                             "audit a decoder-only (causal LM) checkpoint") from None
+        raise InputError(f"cannot load {repo.reference}: {str(exc).splitlines()[0]}",
+                         "check that the checkpoint is complete and matches its config") from None
+    except (OSError, RuntimeError) as exc:
+        if "out of memory" in str(exc).lower():
+            raise RuntimeFailure(f"out of memory while loading {repo.reference}",
+                                 "use a machine with more memory or a smaller model") from None
+        raise RuntimeFailure(f"cannot load {repo.reference}: {str(exc).splitlines()[0]}",
+                             "re-download the model; check disk and memory") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the tokenizer of {repo.reference}: {str(exc).splitlines()[0]}",
+                         "the repo must hold its tokenizer files") from None
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype,
+                       n_parameters=sum(p.numel() for p in model.parameters()))
+
+
+def check_same_tokenizer(ref_a: str, tokenizer_a: Any, ref_b: str, tokenizer_b: Any) -> None:
+    """Original and unlearned must share a vocabulary, or their outputs cannot be compared."""
+    if tokenizer_a.get_vocab() != tokenizer_b.get_vocab():
+        raise InputError(f"{ref_a} and {ref_b} use different tokenizers",
+                         "pass --original with the model this checkpoint was unlearned from")

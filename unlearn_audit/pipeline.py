@@ -1,0 +1,245 @@
+"""Orchestration: resolve -> load -> quantize -> probe -> analyse -> decide -> record.
+
+Data flows one way. The library entry point is :func:`audit`, which returns an
+:class:`~unlearn_audit.report.record.AuditReport`; :func:`write_reports` renders and writes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import __version__
+from .analysis import FULL, Outputs, Reference, analyse
+from .config import AuditConfig
+from .data import ForgetData, load_forget_data
+from .errors import InputError, RuntimeFailure, UsageError
+from .hub import ResolvedRepo, card_metadata, base_model_of, resolve
+from .models import check_same_tokenizer, load_model
+from .probes import muse
+from .probes.base import ProbeOutput
+from .probes.engine import Engine
+from .quantize import Quantizer, parse_variants
+from .report.record import AuditReport, VariantRun, write_atomic
+from .report.render import RENDERERS, variant_name
+from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
+from .verdict import decide
+
+PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
+            "scikit-learn", "bitsandbytes")
+
+
+class Reporter(Protocol):
+    """Where progress goes (the CLI shows rich progress bars on stderr; the library default is silent)."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda n: None
+
+    def note(self, message: str) -> None:
+        pass
+
+
+def find_spec(config: AuditConfig, unlearned: ResolvedRepo, notes: list[str]) -> tuple[ForgetSpec, str]:
+    """The forget-set spec and where it came from. Explicit flags win over what the repo carries."""
+    repo_file = unlearned.path / SPEC_FILENAME
+    card_block = card_metadata(unlearned.path).get("unlearn_audit")
+    in_repo = repo_file.is_file() or card_block is not None
+    if config.spec_path is not None:
+        spec, source = load_spec_file(config.spec_path), f"--spec {config.spec_path}"
+    elif config.forget is not None:
+        if config.forget in PRESETS:
+            spec, source = preset_spec(config.forget), f"--forget preset '{config.forget}'"
+        else:
+            spec, source = spec_for_dataset(config.forget), f"--forget dataset '{config.forget}'"
+    elif repo_file.is_file():
+        return load_spec_file(repo_file), f"{SPEC_FILENAME} in {unlearned.reference}"
+    elif card_block is not None:
+        return parse_spec(card_block, f"the model card of {unlearned.reference}"), \
+            f"model card metadata of {unlearned.reference}"
+    else:
+        raise UsageError(f"no forget-set spec: {unlearned.reference} carries no {SPEC_FILENAME} and no "
+                         "unlearn_audit card block",
+                         f"pass --forget {' or --forget '.join(PRESETS)}, --forget DATASET, or --spec FILE")
+    if in_repo:
+        notes.append(f"{unlearned.reference} carries its own forget-set spec; {source} was used instead.")
+    return spec, source
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig, reporter: Reporter,
+               title: str, truncated: dict[str, int]) -> dict[str, ProbeOutput]:
+    """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant."""
+    settings = config.probes
+    total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
+             + len(data.privleak_forget) + len(data.privleak_holdout))
+    advance = reporter.task(title, total)
+    engine = Engine(model, tokenizer, batch_size=settings.batch_size)
+    outputs = {
+        "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
+                                  settings.verbmem_max_new_tokens, advance),
+        "knowmem_f": muse.knowmem(engine, data.knowmem_forget, "knowmem_f", settings.knowmem_max_new_tokens, advance),
+        "knowmem_r": muse.knowmem(engine, data.knowmem_retain, "knowmem_r", settings.knowmem_max_new_tokens, advance),
+        "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance),
+    }
+    for key, count in engine.truncated.items():
+        truncated[key] += count
+    return outputs
+
+
+def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
+    """Run one audit end to end and return its record (nothing is written; see :func:`write_reports`)."""
+    reporter = reporter or SilentReporter()
+    started = time.time()
+    quantizers: list[Quantizer] = parse_variants(config.quant)
+    notes: list[str] = []
+    common = {"cache_dir": config.cache_dir, "offline": config.offline}
+
+    unlearned_repo = resolve(config.model, revision=config.revision, allow_pickle=config.allow_pickle, **common)
+    spec, spec_source = find_spec(config, unlearned_repo, notes)
+    if config.original:
+        original_ref, original_rev, found_by = config.original, config.original_revision, "from --original"
+    elif spec.original:
+        original_ref, original_rev, found_by = spec.original, spec.original_revision, f"from the spec, {spec_source}"
+    else:
+        original_ref, original_rev, found_by = base_model_of(unlearned_repo.path), None, "from the model card's base_model"
+    if not original_ref:
+        raise UsageError(f"cannot tell which model {unlearned_repo.reference} was unlearned from",
+                         "pass --original MODEL, or add base_model to its card")
+    original_repo = resolve(original_ref, revision=original_rev, allow_pickle=config.allow_pickle, **common)
+    retrain_repo = (resolve(spec.retrain, revision=spec.retrain_revision, allow_pickle=config.allow_pickle, **common)
+                    if spec.retrain else None)
+    dataset_repo = resolve(spec.dataset, kind="dataset", revision=spec.dataset_revision, **common)
+    data = load_forget_data(dataset_repo.path, spec, config.probes.max_items)
+    if config.probes.max_items is not None:
+        notes.append(f"Only the first {config.probes.max_items} items of each split were probed (--max-items).")
+
+    if retrain_repo is not None:
+        reference = Reference("retrain", None, f"the retrained model {retrain_repo.reference}, probed in this audit")
+    elif spec.privleak.reference_auc is not None:
+        reference = Reference("published", spec.privleak.reference_auc,
+                              f"the published AUC {spec.privleak.reference_auc} of a retrained model ({spec_source}); "
+                              "VerbMem/KnowMem residuals are measured above 0")
+    else:
+        reference = Reference("default", 0.5, "AUC 0.5, a model that never saw the forget set (no retrained model or "
+                              "published AUC was given); VerbMem/KnowMem residuals are measured above 0")
+
+    roles: list[tuple[str, ResolvedRepo, str]] = [("unlearned", unlearned_repo, "the audited model"),
+                                                  ("original", original_repo, found_by)]
+    if retrain_repo is not None:
+        roles.append(("retrain", retrain_repo, f"from the spec, {spec_source}"))
+    outputs: Outputs = {}
+    runs: list[VariantRun] = []
+    models: dict[str, dict[str, Any]] = {}
+    truncated = {"generate": 0, "score": 0}
+    first: tuple[str, Any] | None = None  # (reference, tokenizer) of the first model loaded
+    for role, repo, how in roles:
+        reporter.note(f"loading {role} model {repo.reference}")
+        loaded = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
+                            allow_pickle=config.allow_pickle)
+        if first is None:
+            first = (repo.reference, loaded.tokenizer)
+        else:
+            check_same_tokenizer(first[0], first[1], repo.reference, loaded.tokenizer)
+        models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": loaded.n_parameters,
+                        "dtype": loaded.dtype}
+        for quantizer in [None, *quantizers] if role != "retrain" else [None]:
+            t = time.time()
+            model, settings, proof = loaded.model, None, None
+            if quantizer is not None:
+                model = copy.deepcopy(loaded.model)
+                result = quantizer.apply(model)
+                settings, proof = result.settings, result.proof.as_dict()
+            label = FULL if quantizer is None else quantizer.label
+            probes = run_probes(model, loaded.tokenizer, data, config, reporter,
+                                f"{role} · {variant_name(label)}", truncated)
+            outputs.setdefault(role, {})[label] = probes
+            runs.append(VariantRun(role=role, variant=label, settings=settings, proof=proof, metrics={},
+                                   details={m: o.details for m, o in probes.items()},
+                                   items={m: [i.as_dict() for i in o.items] for m, o in probes.items()},
+                                   seconds=round(time.time() - t, 2)))
+            del model
+        del loaded
+        gc.collect()
+
+    analysis = analyse(outputs, reference, min_gap=config.thresholds.min_gap,
+                       resamples=config.probes.bootstrap_resamples, seed=config.probes.seed)
+    labels = [q.label for q in quantizers]
+    verdict = decide(analysis, config.thresholds, {label: variant_name(label) for label in labels})
+    for run in runs:
+        run.metrics = {m: i.as_dict() for m, i in analysis.values[run.role][run.variant].items()}
+    return AuditReport(
+        tool_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=config.command,
+        config=config.to_record(),
+        spec=spec.model_dump(),
+        spec_source=spec_source,
+        models=models,
+        dataset=dataset_repo.as_dict(),
+        data_counts=data.counts(),
+        reference={"source": reference.source, "privleak_auc": reference.privleak_auc,
+                   "description": reference.description,
+                   "values": {m: i.as_dict() for m, i in analysis.reference.items()}},
+        variants=labels,
+        runs=runs,
+        residuals=[s.as_dict() for s in analysis.residuals],
+        recoveries=[s.as_dict() for s in analysis.recoveries],
+        verdict=verdict.as_dict(),
+        thresholds={**config.to_record()["thresholds"]},
+        environment={"python": platform.python_version(), "platform": platform.platform(),
+                     "packages": _versions(), "argv0": Path(sys.argv[0]).name},
+        truncated=truncated,
+        duration_seconds=round(time.time() - started, 1),
+        notes=notes,
+    )
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Fail before any work if the report folder cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".unlearn-audit-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write reports into {out_dir}: {exc.strerror}",
+                             "pass a writable folder with --out") from None
+
+
+def write_reports(report: AuditReport, out_dir: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """Render ``report`` in each format and write the files atomically; the JSON record goes last."""
+    record = report.to_dict()
+    rendered = {}
+    for fmt in sorted(formats, key=lambda f: f == "json"):
+        if fmt not in RENDERERS:
+            raise InputError(f"unknown report format '{fmt}'", f"use some of {', '.join(RENDERERS)}")
+        name, render = RENDERERS[fmt]
+        rendered[fmt] = (out_dir / name, render(record))  # render everything before writing anything
+    prepare_out_dir(out_dir)
+    for fmt, (path, text) in rendered.items():
+        write_atomic(path, text)
+    return {fmt: path for fmt, (path, _) in rendered.items()}

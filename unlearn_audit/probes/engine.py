@@ -1,0 +1,100 @@
+"""The batched inference engine every probe runs on: greedy generation and token log-probabilities.
+
+Batches are sorted by length (little padding); generation pads on the left, scoring on the right.
+Inputs longer than the model's context are truncated (generation keeps the end of the prompt, scoring
+keeps the start of the text) and counted in :attr:`Engine.truncated`, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Advance = Callable[[int], None]
+"""Called with the number of items just finished."""
+
+
+@dataclass
+class Engine:
+    """Runs a causal LM over many prompts or texts in length-sorted batches (HF transformers backend)."""
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 16
+    truncated: dict[str, int] = field(default_factory=lambda: {"generate": 0, "score": 0})
+
+    def __post_init__(self) -> None:
+        self.device = next(self.model.parameters()).device
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+
+    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None) -> list[str]:
+        """Greedy continuations of ``prompts`` (prompt tokenised as the tokenizer does, BOS included)."""
+        from transformers import GenerationConfig
+
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.pad_id, eos_token_id=eos)
+        limit = max(1, self.context - max_new_tokens)
+        encoded = []
+        for ids in self.tokenizer(prompts)["input_ids"]:
+            if len(ids) > limit:
+                self.truncated["generate"] += 1
+                ids = ids[-limit:]
+            encoded.append(ids)
+        outputs: list[str] = [""] * len(prompts)
+        for batch in self._batches(encoded):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = encoded[i]
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=config)
+            texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for row, i in enumerate(batch):
+                outputs[i] = texts[row]
+            if advance:
+                advance(len(batch))
+        return outputs
+
+    @torch.no_grad()
+    def token_logprobs(self, texts: list[str], advance: Advance | None = None) -> list[np.ndarray]:
+        """For each text: log p(token_t | tokens_<t) for every token after the first (BOS)."""
+        encoded = []
+        for ids in self.tokenizer(texts)["input_ids"]:
+            if len(ids) > self.context:
+                self.truncated["score"] += 1
+                ids = ids[: self.context]
+            encoded.append(ids)
+        result: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for batch in self._batches(encoded):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device)).squeeze(-1).cpu().numpy()
+            for row, i in enumerate(batch):
+                result[i] = picked[row, : len(encoded[i]) - 1].astype(np.float64)
+            if advance:
+                advance(len(batch))
+        return result

@@ -1,0 +1,86 @@
+"""The quantizer interface, the record of what a quantizer did, and the proof that it did it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import QuantizationError
+
+
+@dataclass(frozen=True)
+class QuantProof:
+    """Evidence that a variant really is quantized (recorded in the report for every variant).
+
+    Attributes:
+        layers_quantized: linear layers whose weights were replaced by quantized values.
+        layers_skipped: linear layers left in full precision on purpose (e.g. ``lm_head``).
+        groups_checked: quantization groups whose distinct values were counted.
+        max_levels: the largest number of distinct values found in one group.
+        allowed_levels: 2 ** bits; ``max_levels`` must not exceed it.
+    """
+
+    layers_quantized: int
+    layers_skipped: list[str]
+    groups_checked: int
+    max_levels: int
+    allowed_levels: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "layers_quantized": self.layers_quantized,
+            "layers_skipped": list(self.layers_skipped),
+            "groups_checked": self.groups_checked,
+            "max_levels": self.max_levels,
+            "allowed_levels": self.allowed_levels,
+        }
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    """What applying a quantizer produced: the settings it used and its proof."""
+
+    label: str
+    settings: dict[str, Any]
+    proof: QuantProof
+    notes: list[str] = field(default_factory=list)
+
+
+class Quantizer(Protocol):
+    """One quantization method at fixed settings.
+
+    ``apply`` quantizes ``model`` in place (the caller passes a copy) and returns what it did.
+    Implementations must raise :class:`~unlearn_audit.errors.InputError` for settings that cannot
+    apply to this model (e.g. a group size that does not divide a layer) before changing anything.
+    """
+
+    label: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def apply(self, model: nn.Module) -> QuantResult: ...
+
+
+def count_levels_per_group(weight: torch.Tensor, group_size: int) -> int:
+    """Largest number of distinct values in any group of ``group_size`` input columns."""
+    out_features, in_features = weight.shape
+    groups = weight.detach().reshape(out_features, in_features // group_size, group_size)
+    ordered, _ = torch.sort(groups, dim=-1)
+    changes = (ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1) + 1
+    return int(changes.max().item())
+
+
+def verify_proof(label: str, proof: QuantProof) -> QuantProof:
+    """Fail loudly if a quantizer silently did nothing or left too many levels."""
+    if proof.layers_quantized == 0:
+        raise QuantizationError(f"quantizer {label} quantized no linear layer",
+                                "check that the model has nn.Linear layers and report this as a bug")
+    if proof.max_levels > proof.allowed_levels:
+        raise QuantizationError(
+            f"quantizer {label} left {proof.max_levels} distinct values in a group, more than "
+            f"the {proof.allowed_levels} its bit width allows",
+            "report this as a bug; the variant is not a real quantization")
+    return proof

@@ -1,0 +1,125 @@
+"""The audit record: a versioned, JSON-ready account of one audit. Every view is rendered from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, RuntimeFailure
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class VariantRun:
+    """One model at one variant (full precision or a quantization) through every probe.
+
+    Attributes:
+        role: ``original``, ``unlearned`` or ``retrain``.
+        variant: ``full`` or the quantizer's label (``rtn:4:g128``).
+        settings: the quantizer's settings (None at full precision).
+        proof: evidence the quantization happened (see QuantProof).
+        metrics: per metric, ``{"value", "low", "high"}`` on a 0-100 scale (PrivLeak: the normalised score,
+            and ``privleak_auc`` the AUC x 100).
+        details: per probe, the settings it ran with.
+        items: per probe, every item's prompt, reference, generation and score.
+        seconds: wall time of this variant's probes.
+    """
+
+    role: str
+    variant: str
+    settings: dict[str, Any] | None
+    proof: dict[str, Any] | None
+    metrics: dict[str, dict[str, float | None]]
+    details: dict[str, dict[str, Any]]
+    items: dict[str, list[dict[str, Any]]]
+    seconds: float
+
+
+@dataclass
+class AuditReport:
+    """Everything about one audit. ``to_dict`` / ``from_dict`` round-trip through JSON."""
+
+    tool_version: str
+    created_at: str
+    command: str | None
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    spec_source: str
+    models: dict[str, dict[str, Any]]
+    """Per role: the resolved repo (id, revision, commit), how it was found, parameters, dtype."""
+    dataset: dict[str, Any]
+    data_counts: dict[str, int]
+    reference: dict[str, Any]
+    """What PrivLeak was normalised against and residuals measured above (named, never silent)."""
+    variants: list[str]
+    runs: list[VariantRun]
+    residuals: list[dict[str, Any]]
+    recoveries: list[dict[str, Any]]
+    verdict: dict[str, Any]
+    thresholds: dict[str, Any]
+    environment: dict[str, Any]
+    truncated: dict[str, int]
+    duration_seconds: float
+    notes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditReport:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputError(f"the record has schema version {version}; this tool reads version {SCHEMA_VERSION}",
+                             "re-render it with the unlearn-audit version that wrote it, or re-run the audit")
+        fields = dict(data)
+        fields["runs"] = [VariantRun(**r) for r in data["runs"]]
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise InputError(f"the record is not a complete audit record ({exc})", "pass a report.json this tool wrote") from None
+
+
+def read_report(path: Path) -> AuditReport:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}", "pass the report.json an audit wrote") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not JSON ({exc})", "pass the report.json an audit wrote") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not an audit record", "pass the report.json an audit wrote")
+    return AuditReport.from_dict(data)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write into {path.parent}: {exc.strerror}",
+                             "choose a writable --out folder") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeFailure(f"cannot write {path}: {exc.strerror}", "free disk space or choose another --out") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,165 @@
+"""Renderers: the record (a dict, as in report.json) in, a string out. The caller decides where it goes.
+
+HTML is rendered with Jinja2 autoescaping on: every model output is data, never markup. Charts are
+inline SVG built from numbers only; the page fetches nothing from the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from ..analysis import FULL, METRIC_LABELS, METRIC_NOUNS
+
+Renderer = Callable[[dict[str, Any]], str]
+
+
+def template_dir() -> Path:
+    """Templates ship inside the wheel (``unlearn_audit/templates``); in a source tree they are top level."""
+    packaged = Path(__file__).resolve().parent.parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+@lru_cache(maxsize=2)
+def _env(html: bool):  # noqa: ANN202
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=html,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["num"] = _num
+    env.filters["pct"] = _pct
+    env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.0f}%"
+
+
+def variant_name(label: str) -> str:
+    """Human name of a variant label: ``rtn:4:g128`` -> ``4-bit RTN (rtn:4:g128)``."""
+    if label == FULL:
+        return "full precision"
+    parts = label.split(":")
+    if parts[0] == "rtn" and len(parts) > 1:
+        return f"{parts[1]}-bit RTN ({label})"
+    return label
+
+
+def _metric_rows(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(rows, columns): one row per metric, one column per (role, variant), cells with intervals."""
+    runs = {(r["role"], r["variant"]): r for r in report["runs"]}
+    columns = [("original", FULL), ("unlearned", FULL)]
+    if ("retrain", FULL) in runs:
+        columns.insert(1, ("retrain", FULL))
+    for v in report["variants"]:
+        columns += [("original", v), ("unlearned", v)]
+    rows = []
+    for metric in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc", "privleak"):
+        cells = []
+        for role, variant in columns:
+            run = runs.get((role, variant))
+            cells.append(run["metrics"].get(metric) if run else None)
+        label = "PrivLeak AUC ×100" if metric == "privleak_auc" else METRIC_LABELS[metric]
+        rows.append({"metric": metric, "label": label, "cells": cells})
+    return rows, [{"role": r, "variant": v, "name": f"{r} · {variant_name(v)}"} for r, v in columns]
+
+
+def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 12) -> dict[str, Any]:
+    """Forget-set items side by side: original, unlearned, and each quantized unlearned variant,
+    sorted by how much the worst variant brings back."""
+    runs = {(r["role"], r["variant"]): r for r in report["runs"]}
+    base = runs.get(("unlearned", FULL))
+    if not base or metric not in base["items"]:
+        return {"variants": [], "items": []}
+    variants = [v for v in report["variants"] if ("unlearned", v) in runs]
+    items = []
+    for idx, item in enumerate(base["items"][metric]):
+        row = {"prompt": item["prompt"], "reference": item["reference"],
+               "original": runs[("original", FULL)]["items"][metric][idx],
+               "unlearned": item, "variants": [runs[("unlearned", v)]["items"][metric][idx] for v in variants]}
+        gains = [(v["score"] or 0) - (item["score"] or 0) for v in row["variants"]]
+        row["gain"] = max(gains) if gains else 0.0
+        items.append(row)
+    items.sort(key=lambda r: -r["gain"])
+    return {"variants": [variant_name(v) for v in variants], "items": items[:limit], "total": len(items)}
+
+
+def _bars(report: dict[str, Any], metric: str) -> Markup:
+    """An inline SVG bar chart of one metric across models and variants, with 95% interval whiskers."""
+    _, columns = _metric_rows(report)
+    runs = {(r["role"], r["variant"]): r for r in report["runs"]}
+    values = [runs[(c["role"], c["variant"])]["metrics"].get(metric) for c in columns]
+    width, bar, gap, height, top = 560, 26, 10, 150, 12
+    scale = lambda v: top + height - (max(0.0, min(100.0, v)) / 100) * height  # noqa: E731
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height + 90}" role="img" '
+             f'aria-label="{METRIC_LABELS.get(metric, metric)} by model and variant">']
+    for y in (0, 25, 50, 75, 100):
+        parts.append(f'<line x1="34" x2="{width}" y1="{scale(y):.1f}" y2="{scale(y):.1f}" class="grid"/>'
+                     f'<text x="28" y="{scale(y) + 4:.1f}" class="axis" text-anchor="end">{y}</text>')
+    for i, (col, val) in enumerate(zip(columns, values)):
+        x = 44 + i * (bar + gap)
+        cls = "bar-" + col["role"]
+        if val and val.get("value") is not None:
+            y = scale(val["value"])
+            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{bar}" height="{top + height - y:.1f}" class="{cls}">'
+                         f'<title>{col["role"]} · {variant_name(col["variant"])}: {val["value"]:.1f}</title></rect>')
+            if val.get("low") is not None and val.get("high") is not None:
+                cx = x + bar / 2
+                parts.append(f'<line x1="{cx}" x2="{cx}" y1="{scale(val["high"]):.1f}" y2="{scale(val["low"]):.1f}" class="ci"/>')
+        short = ("O" if col["role"] == "original" else "U" if col["role"] == "unlearned" else "R")
+        vlabel = "fp" if col["variant"] == FULL else col["variant"].split(":")[0] + col["variant"].split(":")[1]
+        parts.append(f'<text x="{x + bar / 2}" y="{top + height + 14}" class="axis" text-anchor="middle">{short}</text>'
+                     f'<text x="{x + bar / 2}" y="{top + height + 28}" class="axis" text-anchor="middle">{vlabel}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def view(report: dict[str, Any]) -> dict[str, Any]:
+    """Everything the templates show, derived from the record only."""
+    rows, columns = _metric_rows(report)
+    return {
+        "r": report,
+        "rows": rows,
+        "columns": columns,
+        "variant_name": variant_name,
+        "metric_label": lambda m: METRIC_LABELS.get(m, m),
+        "metric_noun": lambda m: METRIC_NOUNS.get(m, m),
+        "passages": _passages(report),
+        "knowmem_passages": _passages(report, "knowmem_f"),
+        "bars": {m: _bars(report, m) for m in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc")},
+        "FULL": FULL,
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    return _env(False).get_template("report.md.j2").render(**view(report))
+
+
+def render_html(report: dict[str, Any]) -> str:
+    return _env(True).get_template("report.html.j2").render(**view(report))
+
+
+def render_json(report: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+RENDERERS: dict[str, tuple[str, Renderer]] = {
+    "json": ("report.json", render_json),
+    "md": ("report.md", render_markdown),
+    "html": ("report.html", render_html),
+}
+"""format -> (file name, renderer)"""

@@ -1,0 +1,130 @@
+"""The forget-set spec (``unlearn_audit.yaml``): what was forgotten and how to probe it.
+
+Looked up in this order (first found wins): ``--spec PATH``; ``unlearn_audit.yaml`` in the audited
+model's repo; an ``unlearn_audit:`` block in its model card metadata; the ``--forget`` preset or
+dataset. Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+
+SPEC_VERSION = 1
+SPEC_FILENAME = "unlearn_audit.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VerbMemSpec(_Strict):
+    """Where the VerbMem items live: columns ``prompt`` and ``gt``."""
+
+    config: str = "verbmem"
+    split: str = "forget"
+
+
+class KnowMemSpec(_Strict):
+    """Where one KnowMem set lives: columns ``question`` and ``answer``; ICL pairs from ``icl_split``."""
+
+    config: str = "knowmem"
+    split: str
+    icl_split: str
+
+
+class PrivLeakSpec(_Strict):
+    """Where the PrivLeak texts live (column ``text``) and what the AUC is normalised against."""
+
+    config: str = "privleak"
+    forget_split: str = "forget"
+    holdout_split: str = "holdout"
+    retain_split: str = "retain"
+    reference_auc: float | None = Field(default=None, gt=0, lt=1)
+    """Published AUC of a retrained model (MUSE's constants); used only when no retrain model is named."""
+
+
+class ForgetSpec(_Strict):
+    """What was forgotten and how to probe it."""
+
+    spec_version: int = SPEC_VERSION
+    name: str = "forget-set"
+    dataset: str
+    """Dataset repo id on the Hub, or a local folder, in MUSE's parquet layout."""
+    dataset_revision: str | None = None
+    original: str | None = None
+    """The original (pre-unlearning) model; default: the audited model card's ``base_model``."""
+    original_revision: str | None = None
+    retrain: str | None = None
+    """A model trained without the forget set: the reference for PrivLeak and the floor for residuals."""
+    retrain_revision: str | None = None
+    verbmem: VerbMemSpec = VerbMemSpec()
+    knowmem_forget: KnowMemSpec = KnowMemSpec(split="forget_qa", icl_split="forget_qa_icl")
+    knowmem_retain: KnowMemSpec = KnowMemSpec(split="retain_qa", icl_split="retain_qa_icl")
+    privleak: PrivLeakSpec = PrivLeakSpec()
+
+    @field_validator("spec_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SPEC_VERSION:
+            raise ValueError(f"spec_version {v} is not supported (this tool reads version {SPEC_VERSION})")
+        return v
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "news": {
+        "name": "MUSE-News",
+        "dataset": "muse-bench/MUSE-News",
+        "original": "muse-bench/MUSE-news_target",
+        "privleak": {"reference_auc": 0.4772},
+    },
+    "books": {
+        "name": "MUSE-Books",
+        "dataset": "muse-bench/MUSE-Books",
+        "original": "muse-bench/MUSE-books_target",
+        "privleak": {"reference_auc": 0.5393},
+    },
+}
+"""MUSE on the Hub. The AUC constants are MUSE's published retrained-model AUCs (its eval code)."""
+
+
+def parse_spec(data: Any, origin: str) -> ForgetSpec:
+    """Validate a spec mapping; ``origin`` names where it came from, for the error message."""
+    if not isinstance(data, dict):
+        raise InputError(f"the forget-set spec in {origin} is not a mapping",
+                         f"write it as YAML keys, see `unlearn-audit spec` docs in README")
+    try:
+        return ForgetSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise InputError(f"invalid forget-set spec in {origin}: {where}: {problem}",
+                         "fix that key (see the spec section of README.md)") from None
+
+
+def load_spec_file(path: Path) -> ForgetSpec:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read spec {path}: {exc.strerror}", "pass an existing YAML file to --spec") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"spec {path} is not valid YAML ({str(exc).splitlines()[0]})",
+                         "fix the YAML syntax") from None
+    return parse_spec(data, str(path))
+
+
+def preset_spec(name: str) -> ForgetSpec:
+    return parse_spec(PRESETS[name], f"preset '{name}'")
+
+
+def spec_for_dataset(dataset: str) -> ForgetSpec:
+    """A spec with MUSE's default configs and splits for a dataset repo id or folder."""
+    return parse_spec({"name": Path(dataset).name or dataset, "dataset": dataset}, f"--forget {dataset}")

@@ -1,0 +1,126 @@
+"""The verdict: a pure function of the figures and the thresholds. It never prints or writes.
+
+For each judged metric (default VerbMem, KnowMem on the forget set, and the PrivLeak AUC):
+
+1. If the original does not beat the reference by ``min_gap`` points, the metric cannot judge
+   (the original never knew the forget set): ``not-judged``.
+2. Full precision: the residual share's 95% interval above ``max_residual`` is ``exceeds`` (FAIL),
+   below it ``ok``, across it ``straddles`` (INCONCLUSIVE).
+3. Each quantized variant: the recovery share's interval against ``max_recovery`` the same way;
+   an undefined recovery (unlearning removed nothing) is ``undefined``.
+
+Decision: FAIL if anything ``exceeds``; else INCONCLUSIVE if nothing could be judged or anything
+``straddles`` or is ``undefined``; else PASS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from .analysis import METRIC_NOUNS, Analysis, Share
+from .config import Thresholds
+from .errors import ExitCode
+
+
+class Decision(str, Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {Decision.PASS: ExitCode.PASS, Decision.FAIL: ExitCode.FAIL,
+                Decision.INCONCLUSIVE: ExitCode.INCONCLUSIVE}[self]
+
+
+@dataclass
+class Verdict:
+    """The audit's conclusion: one sentence up front, every reason behind it."""
+
+    decision: Decision
+    headline: str
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"decision": self.decision.value, "exit_code": int(self.decision.exit_code),
+                "headline": self.headline, "reasons": list(self.reasons)}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * 100:.0f}%"
+
+
+def _span(share: Share) -> str:
+    i = share.interval
+    return f"{_pct(i.value)} [{_pct(i.low)}–{_pct(i.high)}]"
+
+
+def classify(share: Share, threshold: float) -> str:
+    i = share.interval
+    if not np.isfinite(i.value):
+        return "undefined"
+    if not (np.isfinite(i.low) and np.isfinite(i.high)):
+        return "straddles"
+    if i.low > threshold:
+        return "exceeds"
+    if i.high < threshold:
+        return "ok"
+    return "straddles"
+
+
+def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, str] | None = None) -> Verdict:
+    """Apply the policy to ``analysis`` (setting each judged share's ``status``) and conclude."""
+    names = variant_names or {}
+    judged = [m for m in thresholds.judged if m in analysis.gaps]
+    knew = [m for m in judged if abs(analysis.gaps[m]) >= thresholds.min_gap]
+    reasons: list[str] = []
+    for m in judged:
+        if m not in knew:
+            reasons.append(f"{METRIC_NOUNS[m]}: the original beats the reference by only "
+                           f"{abs(analysis.gaps[m]):.1f} points (< {thresholds.min_gap:g}), so it cannot judge")
+
+    fails: list[tuple[float, str]] = []
+    doubts: list[str] = []
+    for share in analysis.residuals:
+        if share.metric not in knew:
+            continue
+        share.status = classify(share, thresholds.max_residual)
+        text = (f"at full precision the unlearned model keeps {_span(share)} of the original's "
+                f"{METRIC_NOUNS[share.metric]} (threshold {_pct(thresholds.max_residual)})")
+        if share.status == "exceeds":
+            fails.append((share.interval.value, text[0].upper() + text[1:]))
+        elif share.status in ("straddles", "undefined"):
+            doubts.append(text + (": the interval straddles the threshold" if share.status == "straddles" else ""))
+    for share in analysis.recoveries:
+        if share.metric not in knew:
+            continue
+        share.status = classify(share, thresholds.max_recovery)
+        variant = names.get(share.variant or "", share.variant)
+        if share.status == "undefined":
+            doubts.append(f"{variant}: recovery of {METRIC_NOUNS[share.metric]} is undefined "
+                          "(unlearning removed too little of it to measure)")
+            continue
+        text = (f"{variant} brings back {_span(share)} of the {METRIC_NOUNS[share.metric]} "
+                f"that unlearning removed (threshold {_pct(thresholds.max_recovery)})")
+        if share.status == "exceeds":
+            fails.append((share.interval.value, text[0].upper() + text[1:]))
+        elif share.status == "straddles":
+            doubts.append(text + ": the interval straddles the threshold")
+
+    if fails:
+        fails.sort(key=lambda f: -f[0])
+        return Verdict(Decision.FAIL, fails[0][1] + ".", [f[1] for f in fails] + doubts + reasons)
+    if not knew:
+        return Verdict(Decision.INCONCLUSIVE,
+                       "The original model does not measurably know the forget set, so forgetting cannot be judged.",
+                       reasons)
+    if doubts:
+        return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
+    worst = max((s for s in analysis.recoveries if s.status == "ok"), key=lambda s: s.interval.value, default=None)
+    headline = ("Forgetting holds at full precision and under every tested quantization"
+                + (f" (largest recovery: {names.get(worst.variant or '', worst.variant)} on "
+                   f"{METRIC_NOUNS[worst.metric]}, {_span(worst)})" if worst else "") + ".")
+    return Verdict(Decision.PASS, headline, reasons)
