@@ -111,3 +111,89 @@ def test_percentile_interval_and_undefined_share():
     assert share(np.array([1.0, 1.0]), np.array([2.0, 0.01]), 0.1)[0] == 0.5
     assert math.isnan(share(np.array([1.0]), np.array([0.01]), 0.1)[0])
     assert Interval(float("nan"), 1.0, 2.0).as_dict()["value"] is None
+
+
+def test_min_k_plus_plus_by_hand():
+    # position 1: p = (.5, .5), token 0 -> mu = ln .5, sigma clamped to 1e-3 -> z = 0
+    # position 2: p = (.9, .1), token 1 -> z = (ln .1 - mu) / sigma = -sqrt(.9/.1) = -3 (Bernoulli)
+    from unlearn_audit.scoring import min_k_plus_plus_score
+
+    lp = np.log([0.5, 0.1])
+    mu = np.array([np.log(0.5), 0.9 * np.log(0.9) + 0.1 * np.log(0.1)])
+    sigma = np.array([1e-3, np.sqrt(0.9 * np.log(0.9) ** 2 + 0.1 * np.log(0.1) ** 2 - mu[1] ** 2)])
+    # k = 0.5 of n = 2 -> the single lowest z = -3 -> score 3
+    assert min_k_plus_plus_score(lp, mu, sigma, 0.5) == pytest.approx(3.0)
+    # k = 1: mean of (0, -3) = -1.5 -> 1.5
+    assert min_k_plus_plus_score(lp, mu, sigma, 1.0) == pytest.approx(1.5)
+
+
+def test_engine_computes_min_k_plus_plus_statistics_from_logits():
+    """The engine's mu and sigma on a stub model whose next-token distributions are known."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from unlearn_audit.probes.engine import Engine
+    from unlearn_audit.scoring import min_k_plus_plus_score
+
+    class Stub(torch.nn.Module):
+        config = SimpleNamespace(max_position_embeddings=16)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):  # noqa: ARG002
+            dists = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.5, 0.5]]))
+            return SimpleNamespace(logits=dists.unsqueeze(0).expand(input_ids.shape[0], -1, -1))
+
+    class Tok:
+        pad_token_id = 0
+        eos_token_id = 0
+
+        def __call__(self, texts):
+            return {"input_ids": [[0, 0, 1] for _ in texts]}
+
+    (stats,) = Engine(Stub(), Tok()).token_stats(["x"])
+    np.testing.assert_allclose(stats.logprobs, np.log([0.5, 0.1]), rtol=1e-6)
+    assert min_k_plus_plus_score(stats.logprobs, stats.mu, stats.sigma, 0.5) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_zlib_score_by_hand():
+    import zlib
+
+    from unlearn_audit.scoring import zlib_score
+
+    text = "the same words the same words"
+    assert zlib_score(np.array([-1.0, -3.0]), text) == pytest.approx(2.0 / len(zlib.compress(text.encode())))
+
+
+def test_tpr_at_low_fpr_matches_the_roc_curve():
+    from sklearn.metrics import roc_curve
+
+    from unlearn_audit.scoring import tpr_at_fpr
+
+    # by hand: one false positive allowed of 4 holdout texts -> flag scores below 2 -> 2 of 3 forget texts
+    assert tpr_at_fpr(np.array([0.1, 0.2, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]), 0.25) == pytest.approx(2 / 3)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        forget = np.round(rng.normal(1.5, 1, 40), 1)
+        holdout = np.round(rng.normal(2.5, 1, 60), 1)
+        y = np.r_[np.ones(40), np.zeros(60)]  # members = forget; membership score = -score
+        # every threshold (the default drops collinear points, which can hide the best one within the FPR)
+        fpr, tpr, _ = roc_curve(y, -np.r_[forget, holdout], drop_intermediate=False)
+        for alpha in (0.01, 0.05, 0.2):
+            assert tpr_at_fpr(forget, holdout, alpha) == pytest.approx(tpr[fpr <= alpha + 1e-12].max())
+
+
+def test_flavours_choose_the_reference_details():
+    from unlearn_audit.config import ProbeSettings
+    from unlearn_audit.errors import UsageError
+
+    assert (ProbeSettings().rouge_stemmer, ProbeSettings().mink_at_least_one) == (False, False)
+    ou = ProbeSettings(flavour="open-unlearning")
+    assert (ou.rouge_stemmer, ou.mink_at_least_one) == (True, True)
+    with pytest.raises(UsageError, match="flavour"):
+        ProbeSettings(flavour="tofu")
+    with pytest.raises(UsageError, match="temperature"):
+        ProbeSettings(sample_temperature=0)

@@ -18,20 +18,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .probes.base import ProbeOutput
-from .scoring import Interval, batched_auc, bootstrap_indices, percentile_interval, share
+from .scoring import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
 
 FULL = "full"
 """Variant label of the unquantized model."""
-
-FORGET_METRICS = ("verbmem_f", "knowmem_f", "privleak")
-"""Metrics that measure knowledge of the forget set: they get residual and recovery shares.
-KnowMem on the retain set measures utility and is reported as a value only."""
 
 METRIC_LABELS = {
     "verbmem_f": "VerbMem (forget)",
     "knowmem_f": "KnowMem (forget)",
     "knowmem_r": "KnowMem (retain, utility)",
     "privleak": "PrivLeak",
+    "privleak_auc": "Min-K% AUC ×100 (PrivLeak)",
+    "mia_minkpp_auc": "Min-K%++ AUC ×100",
+    "mia_zlib_auc": "zlib AUC ×100",
+    "mia_loss_auc": "loss AUC ×100",
+    "mia_mink_tpr1": "Min-K% TPR @ 1% FPR",
+    "mia_mink_tpr5": "Min-K% TPR @ 5% FPR",
+    "mia_minkpp_tpr1": "Min-K%++ TPR @ 1% FPR",
+    "mia_minkpp_tpr5": "Min-K%++ TPR @ 5% FPR",
 }
 METRIC_NOUNS = {
     "verbmem_f": "verbatim memory of the forget set (VerbMem)",
@@ -84,75 +88,116 @@ Outputs = dict[str, dict[str, dict[str, ProbeOutput]]]
 """outputs[role][variant][metric]"""
 
 
-def _sampler(output: ProbeOutput, resamples: int, rng: np.random.Generator):  # noqa: ANN202
-    """Returns f(probe_output) -> (point, samples[B]) using indices drawn once for this metric."""
-    if output.kind == "mean":
-        idx = bootstrap_indices(len(output.items), resamples, rng)
+@dataclass(frozen=True)
+class Statistic:
+    """A figure computed from one probe's items (0-100 scale), with how to compute it."""
 
-        def stat(o: ProbeOutput) -> tuple[float, np.ndarray]:
-            s = o.scores()
+    name: str
+    probe: str
+    kind: str
+    """``mean`` (of item scores), ``auc`` (forget vs holdout) or ``tpr`` (at ``fpr`` on holdout)."""
+    key: str = "score"
+    fpr: float | None = None
+
+
+STATISTICS = (
+    Statistic("verbmem_f", "verbmem_f", "mean"),
+    Statistic("knowmem_f", "knowmem_f", "mean"),
+    Statistic("knowmem_r", "knowmem_r", "mean"),
+    Statistic("privleak_auc", "privleak", "auc"),
+    Statistic("mia_minkpp_auc", "privleak", "auc", "minkpp"),
+    Statistic("mia_zlib_auc", "privleak", "auc", "zlib"),
+    Statistic("mia_loss_auc", "privleak", "auc", "loss"),
+    Statistic("mia_mink_tpr1", "privleak", "tpr", "score", 0.01),
+    Statistic("mia_mink_tpr5", "privleak", "tpr", "score", 0.05),
+    Statistic("mia_minkpp_tpr1", "privleak", "tpr", "minkpp", 0.01),
+    Statistic("mia_minkpp_tpr5", "privleak", "tpr", "minkpp", 0.05),
+)
+SHARE_STATISTIC = {"verbmem_f": "verbmem_f", "knowmem_f": "knowmem_f", "privleak": "privleak_auc"}
+"""Forget metric -> the statistic its residual and recovery are computed on (PrivLeak is affine in the
+AUC, so shares of the AUC equal shares of PrivLeak)."""
+
+
+class _Resampler:
+    """Draws the bootstrap indices once per probe, so every statistic, model and variant is paired."""
+
+    def __init__(self, outputs: Outputs, resamples: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        first = outputs["original"][FULL]
+        self.indices: dict[str, tuple[np.ndarray, ...]] = {}
+        for probe, out in first.items():
+            if out.kind == "mean":
+                self.indices[probe] = (bootstrap_indices(len(out.items), resamples, rng),)
+            else:
+                self.indices[probe] = (bootstrap_indices(len(out.scores("forget")), resamples, rng),
+                                       bootstrap_indices(len(out.scores("holdout")), resamples, rng))
+
+    def __call__(self, stat: Statistic, out: ProbeOutput) -> tuple[float, np.ndarray]:
+        if stat.kind == "mean":
+            (idx,) = self.indices[stat.probe]
+            s = out.scores(key=stat.key)
             return float(s.mean() * 100), s[idx].mean(axis=1) * 100
-
-        return stat
-    nf, nh = len(output.scores("forget")), len(output.scores("holdout"))
-    idx_f, idx_h = bootstrap_indices(nf, resamples, rng), bootstrap_indices(nh, resamples, rng)
-
-    def auc_stat(o: ProbeOutput) -> tuple[float, np.ndarray]:
-        f, h = o.scores("forget"), o.scores("holdout")
-        point = float(batched_auc(f[None, :], h[None, :])[0] * 100)
-        return point, batched_auc(f[idx_f], h[idx_h]) * 100
-
-    return auc_stat
+        f, h = out.scores("forget", stat.key), out.scores("holdout", stat.key)
+        idx_f, idx_h = self.indices[stat.probe]
+        if stat.kind == "auc":
+            return float(batched_auc(f[None, :], h[None, :])[0] * 100), batched_auc(f[idx_f], h[idx_h]) * 100
+        point = batched_tpr_at_fpr(f[None, :], h[None, :], stat.fpr)[0] * 100
+        return float(point), batched_tpr_at_fpr(f[idx_f], h[idx_h], stat.fpr) * 100
 
 
 def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples: int = 1000,
             seed: int = 0) -> Analysis:
     """Headline values, residuals and recoveries with paired bootstrap intervals."""
-    rng = np.random.default_rng(seed)
+    resample = _Resampler(outputs, resamples, seed)
+    probes = set(outputs["original"][FULL])
     first = outputs["original"][FULL]
-    metrics = list(first)
-    samplers = {m: _sampler(first[m], resamples, rng) for m in metrics}
-    points: dict[tuple[str, str, str], tuple[float, np.ndarray]] = {}
-    for role, variants in outputs.items():
-        for variant, probes in variants.items():
-            for m, out in probes.items():
-                points[(role, variant, m)] = samplers[m](out)
+    stats = [st for st in STATISTICS if st.probe in probes
+             and (st.key == "score" or all(st.key in i.extra for i in first[st.probe].items))]
+    points = {(role, variant, st.name): resample(st, probes_out[st.probe])
+              for role, variants in outputs.items() for variant, probes_out in variants.items() for st in stats}
 
     result = Analysis()
-    for m in metrics:
+    refs: dict[str, tuple[float, np.ndarray]] = {}
+    for st in stats:
         if "retrain" in outputs:
-            ref_point, ref_samples = points[("retrain", FULL, m)]
-        elif m == "privleak":
-            ref_point = (reference.privleak_auc if reference.privleak_auc is not None else 0.5) * 100
-            ref_samples = np.full(resamples, ref_point)
+            refs[st.name] = points[("retrain", FULL, st.name)]
+        elif st.name == "privleak_auc":
+            value = (reference.privleak_auc if reference.privleak_auc is not None else 0.5) * 100
+            refs[st.name] = (value, np.full(resamples, value))
         else:
-            ref_point, ref_samples = 0.0, np.zeros(resamples)
-        result.reference[m] = Interval(ref_point, float(ref_samples.min()), float(ref_samples.max())) \
-            if "retrain" not in outputs else percentile_interval(ref_point, ref_samples)
+            refs[st.name] = (0.0, np.zeros(resamples))
         for role, variants in outputs.items():
             for variant in variants:
-                point, samples = points[(role, variant, m)]
-                key = "privleak_auc" if m == "privleak" else m
-                result.values.setdefault(role, {}).setdefault(variant, {})[key] = percentile_interval(point, samples)
-                if m == "privleak":  # MUSE's PrivLeak: (AUC - AUC_ref) / AUC_ref x 100
-                    with np.errstate(divide="ignore", invalid="ignore"):  # a zero reference AUC: undefined
-                        pl = (point - ref_point) / ref_point * 100 if ref_point else float("nan")
-                        pl_s = np.where(ref_samples != 0, (samples - ref_samples) / ref_samples * 100, np.nan)
-                    result.values[role][variant]["privleak"] = percentile_interval(pl, pl_s)
+                point, samples = points[(role, variant, st.name)]
+                result.values.setdefault(role, {}).setdefault(variant, {})[st.name] = percentile_interval(point, samples)
 
-        if m not in FORGET_METRICS:
+    ref_point, ref_samples = refs.get("privleak_auc", (float("nan"), None))
+    for role, variants in result.values.items():  # MUSE's PrivLeak: (AUC - AUC_ref) / AUC_ref x 100
+        for variant in variants:
+            if "privleak_auc" not in variants[variant]:
+                continue
+            point, samples = points[(role, variant, "privleak_auc")]
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero reference AUC: undefined
+                pl = (point - ref_point) / ref_point * 100 if ref_point else float("nan")
+                pl_s = np.where(ref_samples != 0, (samples - ref_samples) / ref_samples * 100, np.nan)
+            variants[variant]["privleak"] = percentile_interval(pl, pl_s)
+
+    for metric, name in SHARE_STATISTIC.items():
+        if name not in refs:
             continue
-        o_point, o_s = points[("original", FULL, m)]
-        u_point, u_s = points[("unlearned", FULL, m)]
-        result.gaps[m] = o_point - ref_point
+        ref_point, ref_samples = refs[name]
+        result.reference[metric] = percentile_interval(ref_point, ref_samples)
+        o_point, o_s = points[("original", FULL, name)]
+        u_point, u_s = points[("unlearned", FULL, name)]
+        result.gaps[metric] = o_point - ref_point
         res_point = share(np.array([u_point - ref_point]), np.array([o_point - ref_point]), min_gap)[0]
         res_s = share(u_s - ref_samples, o_s - ref_samples, min_gap)
-        result.residuals.append(Share(m, None, percentile_interval(float(res_point), res_s)))
+        result.residuals.append(Share(metric, None, percentile_interval(float(res_point), res_s)))
         for variant in outputs["unlearned"]:
             if variant == FULL:
                 continue
-            q_point, q_s = points[("unlearned", variant, m)]
+            q_point, q_s = points[("unlearned", variant, name)]
             rec_point = share(np.array([q_point - u_point]), np.array([o_point - u_point]), min_gap)[0]
             rec_s = share(q_s - u_s, o_s - u_s, min_gap)
-            result.recoveries.append(Share(m, variant, percentile_interval(float(rec_point), rec_s)))
+            result.recoveries.append(Share(metric, variant, percentile_interval(float(rec_point), rec_s)))
     return result

@@ -51,14 +51,18 @@ def guarded(run: Callable[[], T]) -> T:
         err.print("[bold red]error:[/] interrupted; no report was written. Fix: run the command again.", soft_wrap=True)
         raise typer.Exit(int(ExitCode.RUNTIME)) from None
     except MemoryError:
-        err.print("[bold red]error:[/] out of memory. Fix: use a machine with more memory, a smaller --batch-size "
-                  "or fewer variants.", soft_wrap=True)
+        err.print("[bold red]error:[/] out of memory. Fix: lower --batch-size, test fewer variants, or use a "
+                  "machine with more memory.", soft_wrap=True)
         raise typer.Exit(int(ExitCode.RUNTIME)) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # the tool broke: never exit 0, never a bare traceback
         if _debug():
             raise
+        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            err.print("[bold red]error:[/] out of memory while running the model. Fix: lower --batch-size, "
+                      "test fewer variants, or use a device with more memory.", soft_wrap=True)
+            raise typer.Exit(int(ExitCode.RUNTIME)) from None
         first = str(exc).splitlines()[0] if str(exc) else ""
         err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {first}. Fix: re-run with "
                   "UNLEARN_AUDIT_DEBUG=1 for the traceback and report it.", soft_wrap=True, markup=True)
@@ -119,7 +123,13 @@ def check(
     min_gap: Annotated[float, typer.Option(help="Points by which the original must beat the reference.")] = 10.0,
     max_items: MaxItemsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per forward batch.")] = 16,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
+    flavour: Annotated[str, typer.Option(
+        help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
+             "(stemmer, max(1, int(n*k))).")] = "muse",
+    sample_temperature: Annotated[Optional[float], typer.Option(
+        help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
+             "code does (0.9).")] = None,
     device: DeviceOpt = "cpu",
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
@@ -135,7 +145,8 @@ def check(
             model=model, revision=revision, original=original, original_revision=original_revision,
             forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
             thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
-            probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed), device=device,
+            probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed, flavour=flavour,
+                                 sample_temperature=sample_temperature), device=device,
             cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)

@@ -38,10 +38,23 @@ class Thresholds:
             raise UsageError(f"--min-gap is {self.min_gap}, negative", "give a positive gap, e.g. 10")
 
 
+FLAVOURS = {
+    "muse": {"rouge_stemmer": False, "mink_at_least_one": False},
+    "open-unlearning": {"rouge_stemmer": True, "mink_at_least_one": True},
+}
+"""Where the reference implementations differ: MUSE's eval code scores ROUGE-L without a stemmer and
+takes Min-K% over int(n*k) tokens; open-unlearning stems and takes max(1, int(n*k))."""
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     """How the probes run. Defaults follow MUSE's reference code (see METRICS in the docs)."""
 
+    flavour: str = "muse"
+    """``muse`` (default) or ``open-unlearning``: which reference's ROUGE and Min-K% details to follow."""
+    sample_temperature: float | None = None
+    """None: greedy decoding (MUSE). A temperature: seeded sampling, as the quantization paper's fork
+    samples (it used 0.9, unseeded)."""
     verbmem_max_new_tokens: int = 128
     knowmem_max_new_tokens: int = 32
     minkprob_k: float = 0.4
@@ -50,6 +63,21 @@ class ProbeSettings:
     batch_size: int = 16
     bootstrap_resamples: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise UsageError(f"unknown metric flavour '{self.flavour}'", f"use one of {', '.join(FLAVOURS)}")
+        if self.sample_temperature is not None and self.sample_temperature <= 0:
+            raise UsageError(f"sampling temperature {self.sample_temperature} is not positive",
+                             "give a temperature above 0, e.g. 0.9, or leave it out for greedy decoding")
+
+    @property
+    def rouge_stemmer(self) -> bool:
+        return FLAVOURS[self.flavour]["rouge_stemmer"]
+
+    @property
+    def mink_at_least_one(self) -> bool:
+        return FLAVOURS[self.flavour]["mink_at_least_one"]
 
 
 @dataclass(frozen=True)

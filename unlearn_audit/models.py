@@ -48,14 +48,33 @@ def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool) ->
             raise InputError(f"{folder.name} has no weight files", "check that the repo holds model weights")
 
 
-def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-               allow_pickle: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a resolved folder, safely."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress display is the one on stderr
+    hf_logging.set_verbosity_error()  # e.g. long-input warnings: truncation is counted in the report
+
+
+def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a resolved model folder (cheap: used to check compatibility before any probing)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True)
+    try:
+        return AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the tokenizer of {repo.reference}: {str(exc).splitlines()[0]}",
+                         "the repo must hold its tokenizer files") from None
+
+
+def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+               allow_pickle: bool = False, tokenizer: Any = None) -> LoadedModel:
+    """Load a causal LM (and its tokenizer, unless given) from a resolved folder, safely."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
 
     check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     has_safetensors = any(p.suffix == ".safetensors" for p in repo.path.iterdir())
@@ -76,11 +95,8 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
                                  "use a machine with more memory or a smaller model") from None
         raise RuntimeFailure(f"cannot load {repo.reference}: {str(exc).splitlines()[0]}",
                              "re-download the model; check disk and memory") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the tokenizer of {repo.reference}: {str(exc).splitlines()[0]}",
-                         "the repo must hold its tokenizer files") from None
+    if tokenizer is None:
+        tokenizer = load_tokenizer(repo, trust_remote_code=trust_remote_code)
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype,

@@ -22,7 +22,7 @@ from .config import AuditConfig
 from .data import ForgetData, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
 from .hub import ResolvedRepo, card_metadata, base_model_of, resolve
-from .models import check_same_tokenizer, load_model
+from .models import check_files, check_same_tokenizer, load_model, load_tokenizer
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import Engine
@@ -97,13 +97,18 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
              + len(data.privleak_forget) + len(data.privleak_holdout))
     advance = reporter.task(title, total)
-    engine = Engine(model, tokenizer, batch_size=settings.batch_size)
+    engine = Engine(model, tokenizer, batch_size=settings.batch_size, sample_temperature=settings.sample_temperature,
+                    seed=settings.seed)
+    stem = settings.rouge_stemmer
     outputs = {
         "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
-                                  settings.verbmem_max_new_tokens, advance),
-        "knowmem_f": muse.knowmem(engine, data.knowmem_forget, "knowmem_f", settings.knowmem_max_new_tokens, advance),
-        "knowmem_r": muse.knowmem(engine, data.knowmem_retain, "knowmem_r", settings.knowmem_max_new_tokens, advance),
-        "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance),
+                                  settings.verbmem_max_new_tokens, advance, stemmer=stem),
+        "knowmem_f": muse.knowmem(engine, data.knowmem_forget, "knowmem_f", settings.knowmem_max_new_tokens,
+                                  advance, stemmer=stem),
+        "knowmem_r": muse.knowmem(engine, data.knowmem_retain, "knowmem_r", settings.knowmem_max_new_tokens,
+                                  advance, stemmer=stem),
+        "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance,
+                                  at_least_one=settings.mink_at_least_one),
     }
     for key, count in engine.truncated.items():
         truncated[key] += count
@@ -151,19 +156,20 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                                                   ("original", original_repo, found_by)]
     if retrain_repo is not None:
         roles.append(("retrain", retrain_repo, f"from the spec, {spec_source}"))
+    for _, repo, _ in roles:  # refuse unsafe or incompatible checkpoints before any probing
+        check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+    tokenizers = {role: load_tokenizer(repo, trust_remote_code=config.trust_remote_code) for role, repo, _ in roles}
+    for role, repo, _ in roles[1:]:
+        check_same_tokenizer(unlearned_repo.reference, tokenizers["unlearned"], repo.reference, tokenizers[role])
+
     outputs: Outputs = {}
     runs: list[VariantRun] = []
     models: dict[str, dict[str, Any]] = {}
     truncated = {"generate": 0, "score": 0}
-    first: tuple[str, Any] | None = None  # (reference, tokenizer) of the first model loaded
     for role, repo, how in roles:
         reporter.note(f"loading {role} model {repo.reference}")
         loaded = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
-                            allow_pickle=config.allow_pickle)
-        if first is None:
-            first = (repo.reference, loaded.tokenizer)
-        else:
-            check_same_tokenizer(first[0], first[1], repo.reference, loaded.tokenizer)
+                            allow_pickle=config.allow_pickle, tokenizer=tokenizers[role])
         models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": loaded.n_parameters,
                         "dtype": loaded.dtype}
         for quantizer in [None, *quantizers] if role != "retrain" else [None]:

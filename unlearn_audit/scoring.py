@@ -47,13 +47,55 @@ def min_k_score(token_logprobs: Sequence[float] | np.ndarray, k: float = 0.4, *,
     Higher means *less* likely (less memorised). MUSE uses ``int(n*k)`` (an empty selection gives NaN);
     open-unlearning uses ``max(1, int(n*k))`` (``at_least_one=True``).
     """
-    lp = np.sort(np.asarray(token_logprobs, dtype=np.float64))
-    count = int(len(lp) * k)
+    return -_lowest_mean(np.asarray(token_logprobs, dtype=np.float64), k, at_least_one)
+
+
+def _lowest_mean(values: np.ndarray, k: float, at_least_one: bool) -> float:
+    count = int(len(values) * k)
     if at_least_one:
         count = max(1, count)
     if count == 0:
         return float("nan")
-    return float(-lp[:count].mean())
+    return float(np.sort(values)[:count].mean())
+
+
+def min_k_plus_plus_score(logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float = 0.4, *,
+                          at_least_one: bool = False) -> float:
+    """Min-K%++ (Zhang et al. 2024, arXiv 2404.02936), as a non-membership score (higher = less likely).
+
+    Per position, z = (log p(x_t) - mu_t) / sigma_t with mu_t, sigma_t the mean and standard deviation of
+    log p over the vocabulary; the score is minus the mean of the lowest ``int(n*k)`` z values.
+    """
+    z = (np.asarray(logprobs) - np.asarray(mu)) / np.asarray(sigma)
+    return -_lowest_mean(z, k, at_least_one)
+
+
+def zlib_score(logprobs: np.ndarray, text: str) -> float:
+    """Loss over zlib entropy (Carlini et al. 2021): mean token NLL / len(zlib.compress(text)) bytes.
+
+    Higher = less likely a member (the reference code's ``ll / zlib`` with the sign flipped).
+    """
+    import zlib
+
+    if len(logprobs) == 0:
+        return float("nan")
+    return float(-np.mean(logprobs) / len(zlib.compress(text.encode("utf-8"))))
+
+
+def tpr_at_fpr(forget: np.ndarray, holdout: np.ndarray, fpr: float) -> float:
+    """True-positive rate of detecting forget texts as members at a false-positive rate <= ``fpr`` on
+    holdout texts (membership = a low score), the best point of the ROC curve within that FPR."""
+    return float(batched_tpr_at_fpr(np.asarray(forget)[None, :], np.asarray(holdout)[None, :], fpr)[0])
+
+
+def batched_tpr_at_fpr(forget: np.ndarray, holdout: np.ndarray, fpr: float) -> np.ndarray:
+    """``tpr_at_fpr`` for each row of ``forget`` [B, nf] against the same row of ``holdout`` [B, nh]."""
+    allowed = int(np.floor(fpr * holdout.shape[1] + 1e-9))  # false positives we may accept
+    ordered = np.sort(holdout, axis=1)  # ascending: the most member-like holdout texts first
+    if allowed >= holdout.shape[1]:
+        return np.ones(forget.shape[0])
+    cut = ordered[:, allowed][:, None]  # flag only texts scoring strictly below the (allowed+1)-th lowest
+    return (forget < cut).mean(axis=1)
 
 
 def auc_forget_vs_holdout(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> float:

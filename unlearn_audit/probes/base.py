@@ -29,8 +29,9 @@ class ItemScore:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in self.extra.items()}
         return {"id": self.item_id, "score": None if not np.isfinite(self.score) else self.score,
-                "prompt": self.prompt, "reference": self.reference, "generation": self.generation, **self.extra}
+                "prompt": self.prompt, "reference": self.reference, "generation": self.generation, **extra}
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ProbeOutput:
     items: list[ItemScore]
     details: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, split: str | None = None) -> np.ndarray:
+    def scores(self, split: str | None = None, key: str = "score") -> np.ndarray:
+        """Item scores (or another per-item figure from ``extra``), optionally of one split."""
         chosen = self.items if split is None else [i for i in self.items if i.extra.get("split") == split]
-        return np.array([i.score for i in chosen], dtype=np.float64)
+        return np.array([i.score if key == "score" else i.extra[key] for i in chosen], dtype=np.float64)

@@ -25,6 +25,9 @@ class Engine:
     model: Any
     tokenizer: Any
     batch_size: int = 16
+    sample_temperature: float | None = None
+    """None: greedy decoding (MUSE). A temperature: sampling, as the quantization paper's fork does."""
+    seed: int = 0
     truncated: dict[str, int] = field(default_factory=lambda: {"generate": 0, "score": 0})
 
     def __post_init__(self) -> None:
@@ -40,14 +43,18 @@ class Engine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None) -> list[str]:
-        """Greedy continuations of ``prompts`` (prompt tokenised as the tokenizer does, BOS included)."""
+        """Continuations of ``prompts`` (tokenised as the tokenizer does, BOS included): greedy, or
+        sampled at ``sample_temperature`` with a seed per batch (reproducible for the same settings)."""
         from transformers import GenerationConfig
 
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.pad_id, eos_token_id=eos)
+        sampling = {"do_sample": False}
+        if self.sample_temperature is not None:
+            sampling = {"do_sample": True, "temperature": self.sample_temperature, "top_k": 0, "top_p": 1.0}
+        config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=self.pad_id,
+                                  eos_token_id=eos, **sampling)
         limit = max(1, self.context - max_new_tokens)
         encoded = []
         for ids in self.tokenizer(prompts)["input_ids"]:
@@ -64,6 +71,8 @@ class Engine:
                 seq = encoded[i]
                 ids[row, width - len(seq):] = torch.tensor(seq)
                 mask[row, width - len(seq):] = 1
+            if self.sample_temperature is not None:
+                torch.manual_seed(self.seed + batch[0])
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=config)
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
@@ -74,15 +83,17 @@ class Engine:
         return outputs
 
     @torch.no_grad()
-    def token_logprobs(self, texts: list[str], advance: Advance | None = None) -> list[np.ndarray]:
-        """For each text: log p(token_t | tokens_<t) for every token after the first (BOS)."""
+    def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]:
+        """For each text, from one forward pass: log p(token_t | tokens_<t) for every token after the
+        first (BOS), and the mean and standard deviation of log p over the vocabulary at each position
+        (what Min-K%++ normalises by)."""
         encoded = []
         for ids in self.tokenizer(texts)["input_ids"]:
             if len(ids) > self.context:
                 self.truncated["score"] += 1
                 ids = ids[: self.context]
             encoded.append(ids)
-        result: list[np.ndarray] = [np.empty(0)] * len(texts)
+        result: list[TokenStats] = [TokenStats(np.empty(0), np.empty(0), np.empty(0))] * len(texts)
         for batch in self._batches(encoded):
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -92,9 +103,27 @@ class Engine:
                 mask[row, : len(encoded[i])] = 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device)).squeeze(-1).cpu().numpy()
+            picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device)).squeeze(-1)
+            probs = logprobs.exp()
+            mu = (probs * logprobs).sum(-1)
+            var = (probs * logprobs.square()).sum(-1) - mu.square()
+            picked, mu, var = picked.cpu().numpy(), mu.cpu().numpy(), var.cpu().numpy()
             for row, i in enumerate(batch):
-                result[i] = picked[row, : len(encoded[i]) - 1].astype(np.float64)
+                n = len(encoded[i]) - 1
+                result[i] = TokenStats(picked[row, :n].astype(np.float64), mu[row, :n].astype(np.float64),
+                                       np.sqrt(np.clip(var[row, :n].astype(np.float64), 1e-6, None)))
             if advance:
                 advance(len(batch))
         return result
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per-position figures of one scored text (positions 1..n-1)."""
+
+    logprobs: np.ndarray
+    """log p of the actual next token."""
+    mu: np.ndarray
+    """E_z[log p(z)] over the vocabulary."""
+    sigma: np.ndarray
+    """Standard deviation of log p(z) over the vocabulary (variance clamped at 1e-6, as open-unlearning does)."""

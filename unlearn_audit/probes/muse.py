@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from ..data import QASet
-from ..scoring import min_k_score, rouge_l
+from ..scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
 from .base import ItemScore, ProbeOutput
 from .engine import Advance, Engine
 
@@ -40,35 +40,55 @@ def reference_cut(tokenizer, reference: str, max_tokens: int) -> str:  # noqa: A
 
 
 def verbmem(engine: Engine, prompts: list[str], references: list[str], max_new_tokens: int = 128,
-            advance: Advance | None = None) -> ProbeOutput:
+            advance: Advance | None = None, *, stemmer: bool = False) -> ProbeOutput:
     generations = engine.generate(prompts, max_new_tokens, advance)
     items = []
     for i, (prompt, ref, gen) in enumerate(zip(prompts, references, generations)):
         cut = reference_cut(engine.tokenizer, ref, max_new_tokens)
-        r = rouge_l(cut, gen)
+        r = rouge_l(cut, gen, use_stemmer=stemmer)
         items.append(ItemScore(f"verbmem/{i}", r.f1, prompt=prompt, reference=cut, generation=gen,
                                extra={"rougeL_recall": r.recall}))
-    return ProbeOutput("verbmem_f", "mean", items, {"max_new_tokens": max_new_tokens, "rouge": "rougeL F1, no stemmer"})
+    return ProbeOutput("verbmem_f", "mean", items, {"max_new_tokens": max_new_tokens, **_decoding(engine, stemmer)})
 
 
 def knowmem(engine: Engine, qa: QASet, metric: str, max_new_tokens: int = 32,
-            advance: Advance | None = None) -> ProbeOutput:
+            advance: Advance | None = None, *, stemmer: bool = False) -> ProbeOutput:
     prompts = [knowmem_prompt(qa.icl_questions, qa.icl_answers, q) for q in qa.questions]
     generations = [cut_at_stops(g) for g in engine.generate(prompts, max_new_tokens, advance)]
     items = []
     for i, (q, a, gen) in enumerate(zip(qa.questions, qa.answers, generations)):
-        r = rouge_l(a, gen)
+        r = rouge_l(a, gen, use_stemmer=stemmer)
         items.append(ItemScore(f"{metric}/{i}", r.f1, prompt=q, reference=a, generation=gen,
                                extra={"rougeL_recall": r.recall}))
     return ProbeOutput(metric, "mean", items, {"max_new_tokens": max_new_tokens, "icl_pairs": len(qa.icl_questions),
-                                               "stops": list(KNOWMEM_STOPS), "rouge": "rougeL F1, no stemmer"})
+                                               "stops": list(KNOWMEM_STOPS), **_decoding(engine, stemmer)})
+
+
+def _decoding(engine: Engine, stemmer: bool) -> dict[str, object]:
+    decoding = "greedy" if engine.sample_temperature is None else \
+        f"sampled, temperature {engine.sample_temperature}, seed {engine.seed}"
+    return {"decoding": decoding, "rouge": "rougeL F1" + (", Porter stemmer" if stemmer else ", no stemmer")}
+
+
+MIA_SCORES = ("minkpp", "zlib", "loss")
+"""Membership-inference scores computed beside Min-K% for every text (higher = less likely a member)."""
 
 
 def privleak(engine: Engine, forget: list[str], holdout: list[str], k: float = 0.4,
-             advance: Advance | None = None) -> ProbeOutput:
+             advance: Advance | None = None, *, at_least_one: bool = False) -> ProbeOutput:
+    """Min-K% (the PrivLeak score) and, beside it, Min-K%++, zlib ratio and loss for every text."""
     items = []
     for split, texts in (("forget", forget), ("holdout", holdout)):
-        for i, (text, lp) in enumerate(zip(texts, engine.token_logprobs(texts, advance))):
-            items.append(ItemScore(f"privleak/{split}/{i}", min_k_score(lp, k), prompt=None, reference=text[:200],
-                                   extra={"split": split, "tokens": int(len(lp)), "loss": float(-lp.mean()) if len(lp) else None}))
-    return ProbeOutput("privleak", "auc", items, {"score": f"Min-K% k={k}", "auc": "roc_curve(y, -score), forget=0, holdout=1"})
+        for i, (text, st) in enumerate(zip(texts, engine.token_stats(texts, advance))):
+            lp = st.logprobs
+            items.append(ItemScore(
+                f"privleak/{split}/{i}", min_k_score(lp, k, at_least_one=at_least_one), prompt=None,
+                reference=text[:200],
+                extra={"split": split, "tokens": int(len(lp)),
+                       "minkpp": min_k_plus_plus_score(lp, st.mu, st.sigma, k, at_least_one=at_least_one),
+                       "zlib": zlib_score(lp, text),
+                       "loss": float(-lp.mean()) if len(lp) else float("nan")}))
+    count = "max(1, int(n*k))" if at_least_one else "int(n*k)"
+    return ProbeOutput("privleak", "auc", items, {
+        "score": f"Min-K% k={k} over {count} tokens", "auc": "roc_curve(y, -score), forget=0, holdout=1",
+        "also": {"minkpp": f"Min-K%++ k={k}", "zlib": "mean NLL / zlib bytes", "loss": "mean NLL"}})

@@ -57,7 +57,13 @@ def variant_name(label: str) -> str:
     return label
 
 
-def _metric_rows(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+MAIN_ROWS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc", "privleak")
+MIA_ROWS = ("privleak_auc", "mia_minkpp_auc", "mia_zlib_auc", "mia_loss_auc", "mia_mink_tpr1", "mia_mink_tpr5",
+            "mia_minkpp_tpr1", "mia_minkpp_tpr5")
+
+
+def _metric_rows(report: dict[str, Any], metrics: tuple[str, ...] = MAIN_ROWS
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(rows, columns): one row per metric, one column per (role, variant), cells with intervals."""
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
     columns = [("original", FULL), ("unlearned", FULL)]
@@ -66,13 +72,10 @@ def _metric_rows(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
     for v in report["variants"]:
         columns += [("original", v), ("unlearned", v)]
     rows = []
-    for metric in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc", "privleak"):
-        cells = []
-        for role, variant in columns:
-            run = runs.get((role, variant))
-            cells.append(run["metrics"].get(metric) if run else None)
-        label = "PrivLeak AUC ×100" if metric == "privleak_auc" else METRIC_LABELS[metric]
-        rows.append({"metric": metric, "label": label, "cells": cells})
+    for metric in metrics:
+        cells = [runs[key]["metrics"].get(metric) if key in runs else None for key in columns]
+        if any(cells):
+            rows.append({"metric": metric, "label": METRIC_LABELS.get(metric, metric), "cells": cells})
     return rows, [{"role": r, "variant": v, "name": f"{r} · {variant_name(v)}"} for r, v in columns]
 
 
@@ -132,6 +135,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "r": report,
         "rows": rows,
+        "mia_rows": _metric_rows(report, MIA_ROWS)[0],
         "columns": columns,
         "variant_name": variant_name,
         "metric_label": lambda m: METRIC_LABELS.get(m, m),
