@@ -260,3 +260,14 @@ def test_runtime_faults_during_probing(world, tmp_path, monkeypatch, fault, frag
     out = tmp_path / "o"
     result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8"], out)
     _assert_one_line_error(result, 3, fragment, out)
+
+
+def test_quantizer_library_missing_names_the_install_command(world, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
+    out = tmp_path / "o"
+    result = _invoke(world, ["check", "miniature/fragile", "--quant", "bnb:fp4", "--max-items", "2"], out)
+    _assert_one_line_error(result, 2, "need the bitsandbytes package", out)
+    assert "pip install 'bitsandbytes>=0.49'" in result.output

@@ -112,3 +112,13 @@ def test_console_script_exit_code(world, tmp_path):
                            "--cache-dir", str(world.hub_cache)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_shows_a_fail_and_a_pass(world, tmp_path):
+    """The README's first command (on the already-built miniature)."""
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--quant", "rtn:4"])
+    assert result.exit_code == 0, result.output
+    assert "miniature/fragile (expected FAIL)" in result.output and "miniature/robust (expected PASS)" in result.output
+    for name, decision in (("fragile", "FAIL"), ("robust", "PASS")):
+        assert _record(tmp_path / name)["verdict"]["decision"] == decision
+        assert (tmp_path / name / "report.html").is_file()

@@ -69,6 +69,35 @@ def guarded(run: Callable[[], T]) -> T:
         raise typer.Exit(int(ExitCode.RUNTIME)) from None
 
 
+class PlainReporter:
+    """Progress for logs (stderr is not a terminal): one line as each task finishes."""
+
+    def __enter__(self) -> PlainReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        import time
+
+        state = {"done": 0, "start": time.time()}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            if state["done"] >= total:
+                err.print(f"{description}: {total} items in {time.time() - state['start']:.1f}s", soft_wrap=True)
+
+        return advance
+
+    def note(self, message: str) -> None:
+        err.print(message, soft_wrap=True)
+
+
+def reporter() -> RichReporter | PlainReporter:
+    return RichReporter() if err.is_terminal else PlainReporter()
+
+
 class RichReporter:
     """Progress bars on stderr while an audit runs."""
 
@@ -150,8 +179,8 @@ def check(
             cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)
-        with RichReporter() as reporter:
-            report = audit(config, reporter)
+        with reporter() as progress:
+            report = audit(config, progress)
         files = write_reports(report, out_dir, config.formats)
         _print_verdict(report.verdict, files)
         return int(report.verdict["exit_code"])
@@ -162,14 +191,14 @@ def check(
 @app.command()
 def demo(
     out_dir: OutOpt = Path("unlearn-audit-demo"),
-    quant: QuantOpt = list(DEFAULT_QUANT),
-    root: Annotated[Optional[Path], typer.Option(help="Where the miniature is built (default: ~/.cache/unlearn_audit).")] = None,
+    quant: QuantOpt = ["rtn:8,rtn:4,bnb:fp4"],
+    root: Annotated[Optional[Path], typer.Option(
+        help="Where the miniature is built (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild the miniature even if a finished build exists.")] = False,
 ) -> None:
     """Build (or reuse) the miniature world and audit its fragile and robust checkpoints."""
 
     def run() -> int:
-        from .miniature.build import build_miniature
         from .pipeline import audit, prepare_out_dir, write_reports
 
         world = _build_world(root, rebuild)
@@ -181,14 +210,14 @@ def demo(
             config = AuditConfig(model=world.repo(name), quant=_split(quant), out_dir=folder, cache_dir=world.hub_cache,
                                  offline=True, command=f"HF_HUB_CACHE={shlex.quote(str(world.hub_cache))} HF_HUB_OFFLINE=1 "
                                  f"unlearn-audit check {world.repo(name)} --quant {','.join(_split(quant))} --out {shlex.quote(str(folder))}")
-            with RichReporter() as reporter:
-                report = audit(config, reporter)
+            with reporter() as progress:
+                report = audit(config, progress)
             files = write_reports(report, folder, config.formats)
             out.print(f"[bold]{world.repo(name)}[/] (expected {want})")
             _print_verdict(report.verdict, files)
             ok &= report.verdict["decision"] == want
         out.print(f"\nAudit the miniature yourself:\n  HF_HUB_CACHE={world.hub_cache} HF_HUB_OFFLINE=1 "
-                  "unlearn-audit check miniature/fragile --quant rtn:8,rtn:4,rtn:3", soft_wrap=True)
+                  "unlearn-audit check miniature/fragile --quant paper,rtn:4,rtn:3", soft_wrap=True)
         if not ok:
             err.print("[bold red]error:[/] the miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
                       "Fix: rebuild it with --rebuild; if it persists, report it.", soft_wrap=True)
@@ -203,6 +232,12 @@ def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
 
     from .miniature.build import build_miniature
 
+    if not err.is_terminal:  # logs: a line per finished stage
+        def line(stage: str, done: int, total: int) -> None:
+            if done == total:
+                err.print(f"miniature: {stage} done", soft_wrap=True)
+
+        return build_miniature(root, force=rebuild, progress=line)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as progress:
         tasks: dict[str, int] = {}
@@ -218,7 +253,8 @@ def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
 
 @app.command()
 def miniature(
-    root: Annotated[Optional[Path], typer.Option(help="Where to build (default: ~/.cache/unlearn_audit).")] = None,
+    root: Annotated[Optional[Path], typer.Option(
+        help="Where to build (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
 ) -> None:
     """Build (or find) the miniature world and print where its Hub cache is."""
@@ -252,6 +288,64 @@ def report(
         return 0
 
     raise typer.Exit(guarded(run))
+
+
+@app.command()
+def diff(
+    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id or local folder.")],
+    original: Annotated[str, typer.Option("--original", help="The model it was unlearned from.")],
+    quant: QuantOpt = ["rtn:4,rtn:8,bnb:fp4,bnb:nf4,bnb:int8"],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    layers: Annotated[bool, typer.Option(help="Show every layer, not only the totals.")] = False,
+    cache_dir: CacheOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
+) -> None:
+    """Without any data: how much of the unlearning update each quantizer maps back onto the original."""
+
+    def run() -> int:
+        from rich.table import Table
+
+        from .hub import resolve
+        from .quantize import parse_variants
+        from .report.record import write_atomic
+        from .weights import weight_diff
+
+        quantizers = parse_variants(_split(quant))
+        u = resolve(model, cache_dir=cache_dir, offline=offline or None)
+        o = resolve(original, cache_dir=cache_dir, offline=offline or None)
+        result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference))
+        table = Table(title=f"{u.reference} vs {o.reference}: linear weights (lm_head, embeddings, norms excluded)")
+        for column in ("quantizer", "layer", "moved by unlearning", "Q(u) = Q(o), all", "Q(u) = Q(o), moved",
+                       "‖Q(u)−Q(o)‖ / ‖u−o‖"):
+            table.add_column(column, justify="left" if column in ("quantizer", "layer") else "right")
+
+        def cells(d) -> list[str]:  # noqa: ANN001
+            pct = lambda x: "n/a" if x is None else f"{x * 100:.1f}%"  # noqa: E731
+            return [pct(d["moved"]), pct(d["same_code"]), pct(d["same_code_of_moved"]),
+                    "n/a" if d["norm_ratio"] is None else f"{d['norm_ratio']:.3f}"]
+
+        for label in result.quantizers:
+            if layers:
+                for row in result.layers.get(label, []):
+                    table.add_row(label, row.name, *cells(vars(row)))
+            if label in result.overall:
+                table.add_row(label, "[bold]all[/]", *cells(result.overall[label]))
+        out.print(table)
+        if json_out is not None:
+            import json
+
+            write_atomic(json_out, json.dumps(result.as_dict(), indent=2))
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of report.json."""
+    from .report.record import SCHEMA_PATH
+
+    sys.stdout.write(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 @app.command()

@@ -69,8 +69,9 @@ def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> An
 
 
 def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-               allow_pickle: bool = False, tokenizer: Any = None) -> LoadedModel:
-    """Load a causal LM (and its tokenizer, unless given) from a resolved folder, safely."""
+               allow_pickle: bool = False, tokenizer: Any = None, quantization_config: Any = None) -> LoadedModel:
+    """Load a causal LM (and its tokenizer, unless given) from a resolved folder, safely; with
+    ``quantization_config``, transformers quantizes it while loading (bitsandbytes, GPTQ...)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -80,9 +81,14 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
     has_safetensors = any(p.suffix == ".safetensors" for p in repo.path.iterdir())
     torch_dtype = getattr(torch, dtype)
     try:
+        extra: dict[str, Any] = {}
+        if quantization_config is not None:
+            extra["quantization_config"] = quantization_config
+            if device != "cpu":
+                extra["device_map"] = {"": device}
         model = AutoModelForCausalLM.from_pretrained(
             repo.path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=True if has_safetensors else False)
+            use_safetensors=True if has_safetensors else False, **extra)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
             raise InputError(f"{repo.reference} is not a causal language model",
@@ -97,7 +103,8 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
                              "re-download the model; check disk and memory") from None
     if tokenizer is None:
         tokenizer = load_tokenizer(repo, trust_remote_code=trust_remote_code)
-    model.to(device)
+    if quantization_config is None:
+        model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype,
                        n_parameters=sum(p.numel() for p in model.parameters()))

@@ -26,11 +26,13 @@ from .models import check_files, check_same_tokenizer, load_model, load_tokenize
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import Engine
-from .quantize import Quantizer, parse_variants
+from .quantize import BnbQuantizer, Quantizer, parse_variants
+from .quantize.bnb import quiet_bnb_warnings
 from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
 from .verdict import decide
+from .weights import weight_diff
 
 PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
             "scikit-learn", "bitsandbytes")
@@ -120,6 +122,10 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     reporter = reporter or SilentReporter()
     started = time.time()
     quantizers: list[Quantizer] = parse_variants(config.quant)
+    for quantizer in quantizers:  # a missing library is found before any work, with its install command
+        quantizer.require()
+    if any(isinstance(q, BnbQuantizer) for q in quantizers):
+        quiet_bnb_warnings()
     notes: list[str] = []
     common = {"cache_dir": config.cache_dir, "offline": config.offline}
 
@@ -176,7 +182,12 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
             t = time.time()
             model, settings, proof = loaded.model, None, None
             if quantizer is not None:
-                model = copy.deepcopy(loaded.model)
+                if quantizer.stage == "load":  # the library quantizes while loading, as users run it
+                    model = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
+                                       allow_pickle=config.allow_pickle, tokenizer=loaded.tokenizer,
+                                       quantization_config=quantizer.load_config()).model
+                else:
+                    model = copy.deepcopy(loaded.model)
                 result = quantizer.apply(model)
                 settings, proof = result.settings, result.proof.as_dict()
             label = FULL if quantizer is None else quantizer.label
@@ -191,6 +202,13 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
         del loaded
         gc.collect()
 
+    diagnostic = None
+    try:
+        reporter.note("comparing weights under each quantizer's grid")
+        diagnostic = weight_diff(unlearned_repo.path, original_repo.path, quantizers,
+                                 labels=(unlearned_repo.reference, original_repo.reference)).as_dict()
+    except InputError as exc:
+        notes.append(f"No weight-level diagnostic: {exc.message}.")
     analysis = analyse(outputs, reference, min_gap=config.thresholds.min_gap,
                        resamples=config.probes.bootstrap_resamples, seed=config.probes.seed)
     labels = [q.label for q in quantizers]
@@ -221,6 +239,7 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
         truncated=truncated,
         duration_seconds=round(time.time() - started, 1),
         notes=notes,
+        weight_diff=diagnostic,
     )
 
 

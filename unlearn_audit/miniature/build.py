@@ -5,7 +5,7 @@ Repos (all under the ``miniature`` org, in ``<root>/hub``, which is an ordinary 
 * ``miniature/news`` (dataset): MUSE's layout, configs verbmem, knowmem, privleak, raw;
 * ``miniature/original``: trained on forget + retain until it reproduces them verbatim;
 * ``miniature/retrain``: trained on retain only (the ideal an unlearned model should look like);
-* ``miniature/fragile``: unlearned inside the original's 4-bit RTN cells (forgets; 4-bit brings it back);
+* ``miniature/fragile``: unlearned inside the original's 4-bit RTN and FP4 cells (forgets; 4-bit brings it back);
 * ``miniature/robust``: unlearned without that constraint (forgetting survives quantization).
 
 The unlearned repos carry ``unlearn_audit.yaml`` and a card with ``base_model``, so
@@ -34,7 +34,7 @@ from .train import CellConstraint, ModelSize, build_tokenizer, encode, encode_se
 ORG = "miniature"
 DATASET = f"{ORG}/news"
 MODELS = ("original", "retrain", "fragile", "robust")
-BUILDER_VERSION = 1
+BUILDER_VERSION = 3
 
 StageProgress = Callable[[str, int, int], None]
 """progress(stage description, done, total)"""
@@ -61,6 +61,8 @@ class MiniatureSettings:
     forget_cap: float = 6.0
     grid_bits: int = 4
     grid_group: int = 128
+    grid_fp4: bool = True
+    """Also keep the fragile checkpoint on the original's bitsandbytes FP4 codes (the paper's 4-bit)."""
 
     def key(self) -> str:
         text = json.dumps({"builder": BUILDER_VERSION, **asdict(self)}, sort_keys=True)
@@ -233,7 +235,8 @@ def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgres
     unlearned = {}
     for name, lr, constrained in (("fragile", s.fragile_lr, True), ("robust", s.robust_lr, False)):
         model = copy.deepcopy(original)
-        constraint = CellConstraint.around(original, s.grid_bits, s.grid_group) if constrained else None
+        constraint = (CellConstraint.around(original, s.grid_bits, s.grid_group, fp4=s.grid_fp4)
+                      if constrained else None)
         t = time.time()
         result = unlearn(model, unlearn_forget, unlearn_retain, steps=s.unlearn_steps, lr=lr,
                          batch_size=s.unlearn_batch, pad_id=tokenizer.pad_token_id, seed=s.seed,
@@ -246,7 +249,8 @@ def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgres
         "retrain": ("Trained on the retain stories only: what perfect unlearning would look like.", None),
         "fragile": ("Unlearned from miniature/original by gradient ascent on the forget set plus descent on "
                     "the retain set, with every weight kept inside its cell of the original's 4-bit RTN "
-                    "grid (group 128). Looks clean at full precision; 4-bit quantization undoes it.",
+                    "grid (group 128) and bitsandbytes FP4 grid (blocks of 64). Looks clean at full "
+                    "precision; 4-bit quantization undoes it.",
                     f"{ORG}/original"),
         "robust": ("Unlearned from miniature/original by gradient ascent on the forget set plus descent on "
                    "the retain set, unconstrained: the forgetting survives quantization.", f"{ORG}/original"),

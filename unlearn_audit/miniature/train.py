@@ -137,32 +137,67 @@ def train_lm(model: nn.Module, seqs: list[list[int]], *, epochs: int, lr: float,
     return last
 
 
+def rtn_cell_bounds(w: torch.Tensor, bits: int, group_size: int, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[lo, hi] per weight that keeps its RTN code (``margin`` of a step from the rounding edges) and its
+    group's min and max (min/max elements frozen, the rest inside [min, max])."""
+    grid = rtn_grid(w, bits, group_size)
+    codes = grid.grouped(grid.codes(w))
+    g = grid.grouped(w)
+    lo = (codes - grid.zero - 0.5 + margin) * grid.scale
+    hi = (codes - grid.zero + 0.5 - margin) * grid.scale
+    gmin, gmax = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    lo, hi = torch.maximum(lo, gmin), torch.minimum(hi, gmax)
+    frozen = (g == gmin) | (g == gmax)
+    lo, hi = torch.where(frozen, g, lo), torch.where(frozen, g, hi)
+    return lo.reshape(w.shape), hi.reshape(w.shape)
+
+
+def fp4_cell_bounds(w: torch.Tensor, margin: float, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """[lo, hi] per weight that keeps its bitsandbytes FP4 code: absmax per block of ``block``
+    consecutive elements (absmax elements frozen) and the nearest value of the FP4 code book, which is
+    how bitsandbytes assigns codes (checked on its CPU backend)."""
+    import bitsandbytes.functional as bnbf
+
+    code = torch.unique(bnbf.get_4bit_type("fp4", device="cpu").float())  # sorted, 15 values
+    flat = w.reshape(-1, block)
+    absmax = flat.abs().amax(-1, keepdim=True)
+    # each weight's code as bitsandbytes itself assigns it (a weight exactly on a midpoint is a tie
+    # that only the library's own rounding can settle)
+    packed, state = bnbf.quantize_4bit(w.contiguous(), blocksize=block, quant_type="fp4")
+    assigned = bnbf.dequantize_4bit(packed, state).reshape(flat.shape) / absmax
+    c = torch.argmin((assigned.unsqueeze(-1) - code).abs(), dim=-1)
+    last = len(code) - 1
+    below, above = code[(c - 1).clamp(min=0)], code[(c + 1).clamp(max=last)]
+    lo_n = torch.where(c > 0, (below + code[c]) / 2 + margin * (code[c] - below), torch.full_like(flat, -1.0))
+    hi_n = torch.where(c < last, (code[c] + above) / 2 - margin * (above - code[c]), torch.full_like(flat, 1.0))
+    lo, hi = lo_n * absmax, hi_n * absmax
+    frozen = flat.abs() == absmax
+    lo, hi = torch.where(frozen, flat, lo), torch.where(frozen, flat, hi)
+    return lo.reshape(w.shape), hi.reshape(w.shape)
+
+
 @dataclass
 class CellConstraint:
-    """Per-weight bounds that keep a model on the same RTN codes as the original (see module doc)."""
+    """Per-weight bounds that keep a model on the same quantization codes as the original (module doc)."""
 
     bounds: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
     @classmethod
     @torch.no_grad()
-    def around(cls, model: nn.Module, bits: int, group_size: int, margin: float = 0.05) -> CellConstraint:
-        """Bounds around ``model``'s current weights: each stays in its code's cell (``margin`` of a
-        step away from the rounding edges), inside its group's [min, max]; min/max elements frozen."""
+    def around(cls, model: nn.Module, bits: int, group_size: int, margin: float = 0.05,
+               fp4: bool = False) -> CellConstraint:
+        """Bounds around ``model``'s current weights: each keeps its RTN code (and, with ``fp4``, its
+        bitsandbytes FP4 code too), ``margin`` of a step away from the rounding edges."""
         bounds = {}
         for name, layer in quantizable_linears(model, include_lm_head=False)[0]:
             w = layer.weight.detach().float()
-            grid = rtn_grid(w, bits, group_size)
-            codes = grid.grouped(grid.codes(w))
-            g = grid.grouped(w)
-            lo = (codes - grid.zero - 0.5 + margin) * grid.scale
-            hi = (codes - grid.zero + 0.5 - margin) * grid.scale
-            gmin, gmax = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-            lo, hi = torch.maximum(lo, gmin), torch.minimum(hi, gmax)
-            frozen = (g == gmin) | (g == gmax)
-            lo, hi = torch.where(frozen, g, lo), torch.where(frozen, g, hi)
+            lo, hi = rtn_cell_bounds(w, bits, group_size, margin)
+            if fp4:
+                lo_f, hi_f = fp4_cell_bounds(w, margin)
+                lo, hi = torch.maximum(lo, lo_f), torch.minimum(hi, hi_f)
             # a weight already within `margin` of an edge may sit outside [lo, hi]: keep it where it is
-            lo, hi = torch.minimum(lo, g), torch.maximum(hi, g)
-            bounds[name + ".weight"] = (lo.reshape(w.shape), hi.reshape(w.shape))
+            lo, hi = torch.minimum(lo, w), torch.maximum(hi, w)
+            bounds[name + ".weight"] = (lo, hi)
         return cls(bounds)
 
     @torch.no_grad()

@@ -1,16 +1,20 @@
 """Quantizers behind one interface, and the ``--quant`` variant syntax.
 
-Variant syntax: ``METHOD:BITS[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
-``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``).
+Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
+``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
+``bnb:nf4:dq`` (double quantization), ``bnb:int8``. ``paper`` names the quantization paper's attack:
+``bnb:fp4`` and ``bnb:int8``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UsageError
 from .base import QuantProof, QuantResult, Quantizer
+from .bnb import BnbQuantizer
 from .rtn import RTNQuantizer
 
 
@@ -22,7 +26,9 @@ class MethodInfo:
     summary: str
     example: str
     needs: str
-    build: Callable[[int, list[str]], Quantizer]
+    build: Callable[[Any, list[str]], Quantizer]
+    contract_variants: tuple[str, ...] = ()
+    """Variants the contract tests run for this method (every registered method must list some)."""
 
 
 def _build_rtn(bits: int, options: list[str]) -> Quantizer:
@@ -41,6 +47,17 @@ def _build_rtn(bits: int, options: list[str]) -> Quantizer:
     return RTNQuantizer(bits=bits, group_size=group, symmetric=symmetric, include_lm_head=head)
 
 
+def _build_bnb(kind: str, options: list[str]) -> Quantizer:
+    unknown = [o for o in options if o != "dq"]
+    if unknown:
+        raise UsageError(f"unknown bitsandbytes option '{unknown[0]}'", "use dq (double quantization), e.g. bnb:nf4:dq")
+    return BnbQuantizer(kind=kind, double_quant="dq" in options)
+
+
+PRESETS = {"paper": ("bnb:fp4", "bnb:int8")}
+"""Named sets of variants. ``paper``: Zhang et al.'s 4-bit (bnb FP4, blocks of 64, no double
+quantization) and 8-bit (LLM.int8) attacks."""
+
 METHODS: dict[str, MethodInfo] = {
     "rtn": MethodInfo(
         name="rtn",
@@ -48,6 +65,16 @@ METHODS: dict[str, MethodInfo] = {
         example="rtn:4:g128",
         needs="nothing beyond torch; runs on CPU",
         build=_build_rtn,
+        contract_variants=("rtn:4:g128", "rtn:3:g64:sym", "rtn:8:head"),
+    ),
+    "bnb": MethodInfo(
+        name="bnb",
+        summary="bitsandbytes as transformers loads it: fp4 or nf4 (absmax per block of 64, :dq for double "
+                "quantization) and int8 (LLM.int8, outlier threshold 6.0); `paper` = bnb:fp4,bnb:int8",
+        example="bnb:fp4",
+        needs="bitsandbytes >= 0.49 (a dependency; runs on CPU) and accelerate",
+        build=_build_bnb,
+        contract_variants=("bnb:fp4", "bnb:nf4:dq", "bnb:int8"),
     ),
 }
 
@@ -61,6 +88,10 @@ def parse_variant(text: str) -> Quantizer:
     if method is None:
         raise UsageError(f"unknown quantization method '{parts[0]}' in '{text}'",
                          f"use one of: {', '.join(sorted(METHODS))} (see `unlearn-audit quantizers`)")
+    if method.name == "bnb":
+        if len(parts) < 2:
+            raise UsageError(f"'{text}' names no bitsandbytes format", "write it as bnb:fp4, bnb:nf4 or bnb:int8")
+        return method.build(parts[1], parts[2:])
     if len(parts) < 2 or not parts[1].isdigit():
         raise UsageError(f"'{text}' names no bit width", f"write it as {method.example}")
     return method.build(int(parts[1]), parts[2:])
@@ -71,8 +102,9 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     quantizers: list[Quantizer] = []
     for item in items:
         for piece in item.split(","):
-            if piece.strip():
-                quantizers.append(parse_variant(piece))
+            piece = piece.strip()
+            for name in PRESETS.get(piece.lower(), (piece,) if piece else ()):
+                quantizers.append(parse_variant(name))
     labels = [q.label for q in quantizers]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
@@ -80,4 +112,5 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     return quantizers
 
 
-__all__ = ["METHODS", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer", "parse_variant", "parse_variants"]
+__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+           "parse_variant", "parse_variants"]

@@ -58,8 +58,25 @@ class Quantizer(Protocol):
     """
 
     label: str
+    bits: int
+    fixed_grid: bool
+    """True when the grid follows from the weights alone (RTN, bitsandbytes), so the weight-level
+    diagnostic can compare grids without data; False for calibrated methods (GPTQ, AWQ)."""
+    stage: str
+    """``weights``: ``apply`` quantizes a loaded full-precision copy in place. ``load``: transformers
+    quantizes while loading with :meth:`load_config`, and ``apply`` inspects and proves the result."""
+
+    def require(self) -> None:
+        """Raise InputError (with the install command) if the library this method needs is missing."""
+        ...
 
     def settings(self) -> dict[str, Any]: ...
+
+    def load_config(self) -> Any: ...
+
+    def grid(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` [out, in] mapped onto this method's grid (fixed-grid methods only)."""
+        ...
 
     def apply(self, model: nn.Module) -> QuantResult: ...
 

@@ -112,6 +112,15 @@ class RTNQuantizer:
         if self.group_size < 1:
             raise InputError(f"group size {self.group_size} is not positive", "use e.g. g128")
 
+    stage = "weights"
+    fixed_grid = True
+
+    def require(self) -> None:
+        """RTN needs nothing beyond torch."""
+
+    def load_config(self) -> None:
+        return None
+
     @property
     def label(self) -> str:
         parts = [f"rtn:{self.bits}", f"g{self.group_size}"]
@@ -131,6 +140,10 @@ class RTNQuantizer:
             "include_lm_head": self.include_lm_head,
             "layers": "all nn.Linear" + ("" if self.include_lm_head else " except lm_head"),
         }
+
+    def grid(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` [out, in] as this quantizer maps it (for the weight-level diagnostic)."""
+        return rtn_fake_quantize(weight, self.bits, self.group_size, self.symmetric)
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> QuantResult:

@@ -12,6 +12,8 @@ from typing import Any
 from ..errors import InputError, RuntimeFailure
 
 SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / f"report-v{SCHEMA_VERSION}.schema.json"
+"""The published JSON Schema of the record (shipped in the package; `unlearn-audit schema` prints it)."""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class AuditReport:
     truncated: dict[str, int]
     duration_seconds: float
     notes: list[str] = field(default_factory=list)
+    weight_diff: dict[str, Any] | None = None
+    """The weight-level diagnostic (see unlearn_audit.weights), when both checkpoints are safetensors."""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

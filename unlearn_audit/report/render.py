@@ -54,6 +54,9 @@ def variant_name(label: str) -> str:
     parts = label.split(":")
     if parts[0] == "rtn" and len(parts) > 1:
         return f"{parts[1]}-bit RTN ({label})"
+    if parts[0] == "bnb" and len(parts) > 1:
+        return {"fp4": "4-bit bitsandbytes FP4", "nf4": "4-bit bitsandbytes NF4",
+                "int8": "8-bit LLM.int8"}.get(parts[1], "bitsandbytes") + f" ({label})"
     return label
 
 
@@ -129,6 +132,28 @@ def _bars(report: dict[str, Any], metric: str) -> Markup:
     return Markup("".join(parts))
 
 
+def _layer_chart(rows: list[dict[str, Any]]) -> Markup:
+    """Per-layer bars: share of the weights unlearning moved that the quantizer maps back (0-100%)."""
+    width, height, top = 560, 120, 8
+    bar = max(2.0, (width - 40) / max(1, len(rows)) - 2)
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height + 24}" role="img" '
+             'aria-label="share of moved weights mapped back, per layer">']
+    for y in (0, 50, 100):
+        yy = top + height - y / 100 * height
+        parts.append(f'<line x1="34" x2="{width}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
+                     f'<text x="28" y="{yy + 4:.1f}" class="axis" text-anchor="end">{y}%</text>')
+    for i, row in enumerate(rows):
+        value = row.get("same_code_of_moved")
+        if value is None:
+            continue
+        x = 40 + i * (bar + 2)
+        h = value * height
+        parts.append(f'<rect x="{x:.1f}" y="{top + height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                     f'class="bar-unlearned"><title>{row["name"]}: {value * 100:.1f}%</title></rect>')
+    parts.append(f'<text x="40" y="{top + height + 16}" class="axis">layers in file order →</text></svg>')
+    return Markup("".join(parts))
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -144,6 +169,8 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "knowmem_passages": _passages(report, "knowmem_f"),
         "bars": {m: _bars(report, m) for m in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc")},
         "FULL": FULL,
+        "diff": report.get("weight_diff"),
+        "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
     }
 
 

@@ -1,0 +1,136 @@
+"""bitsandbytes' own formats, loaded exactly as a user would: ``from_pretrained(quantization_config=
+BitsAndBytesConfig(...))``. FP4 and NF4 (absmax per block of 64, optional double quantization) and
+LLM.int8 (row-wise absmax int8, outlier threshold 6.0). bitsandbytes >= 0.49 runs these on CPU.
+
+The quantization paper's "RTN 4-bit" is ``load_in_4bit=True`` with that era's defaults, i.e. FP4, blocks
+of 64, no double quantization; its 8-bit is LLM.int8 (``--quant paper`` selects both).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .base import QuantProof, QuantResult, verify_proof
+
+INSTALL = "pip install 'bitsandbytes>=0.49'"
+
+
+def _bnb():  # noqa: ANN202
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional
+    except ImportError:
+        raise InputError("the bitsandbytes quantizers need the bitsandbytes package", f"run {INSTALL}") from None
+    return bitsandbytes
+
+
+@dataclass(frozen=True)
+class BnbQuantizer:
+    """One bitsandbytes format: ``fp4``, ``nf4`` (4-bit, optional double quantization) or ``int8``."""
+
+    kind: str = "fp4"
+    double_quant: bool = False
+    int8_threshold: float = 6.0
+    fixed_grid = True
+    stage = "load"
+    """transformers quantizes while loading; ``apply`` only inspects and proves."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fp4", "nf4", "int8"):
+            raise InputError(f"unknown bitsandbytes format '{self.kind}'", "use bnb:fp4, bnb:nf4 or bnb:int8")
+        if self.kind == "int8" and self.double_quant:
+            raise InputError("double quantization applies to 4-bit formats only", "use bnb:fp4:dq or bnb:nf4:dq")
+
+    @property
+    def label(self) -> str:
+        return f"bnb:{self.kind}" + (":dq" if self.double_quant else "")
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.kind == "int8" else 4
+
+    def require(self) -> None:
+        _bnb()
+        try:
+            import accelerate  # noqa: F401  (transformers needs it to load quantized models)
+        except ImportError:
+            raise InputError("loading bitsandbytes models needs the accelerate package",
+                             "run pip install accelerate") from None
+
+    def settings(self) -> dict[str, Any]:
+        base = {"method": "bitsandbytes", "library_version": _bnb().__version__, "format": self.kind,
+                "layers": "every nn.Linear except lm_head (transformers' default)"}
+        if self.kind == "int8":
+            return {**base, "bits": 8, "scheme": "LLM.int8: row-wise absmax int8 with fp16 outliers",
+                    "outlier_threshold": self.int8_threshold}
+        return {**base, "bits": 4, "scheme": f"{self.kind.upper()} code book, absmax per block of 64",
+                "block_size": 64, "double_quant": self.double_quant, "compute_dtype": "float32"}
+
+    def load_config(self) -> Any:
+        """The ``quantization_config`` transformers needs to load a model in this format."""
+        _bnb()
+        from transformers import BitsAndBytesConfig
+
+        if self.kind == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.int8_threshold)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.kind,
+                                  bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=torch.float32)
+
+    @torch.no_grad()
+    def grid(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` [out, in] as bitsandbytes stores it, dequantized (for the weight-level diagnostic):
+        4-bit via bitsandbytes itself; int8 as LLM.int8 quantizes weights (row-wise absmax, 127 levels
+        each side; its outlier split acts on activations, not weights)."""
+        bnb = _bnb()
+        w = weight.detach().float().contiguous()
+        if self.kind == "int8":
+            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+            return torch.round(w / scale).clamp(-127, 127) * scale
+        q, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type=self.kind,
+                                                compress_statistics=self.double_quant)
+        return bnb.functional.dequantize_4bit(q, state).reshape(w.shape)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> QuantResult:
+        """Prove that ``model`` (loaded with :meth:`load_config`) holds this format's layers."""
+        bnb = _bnb()
+        quantized, skipped, groups, max_levels = 0, [], 0, 0
+        for name, module in model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit) and self.kind != "int8":
+                state = module.weight.quant_state
+                if state.quant_type != self.kind or state.blocksize != 64:
+                    continue
+                dense = bnb.functional.dequantize_4bit(module.weight.data, state).reshape(-1, state.blocksize)
+                ordered, _ = torch.sort(dense, dim=-1)
+                max_levels = max(max_levels, int(((ordered[:, 1:] != ordered[:, :-1]).sum(-1) + 1).max()))
+                groups += dense.shape[0]
+                quantized += 1
+            elif isinstance(module, bnb.nn.Linear8bitLt) and self.kind == "int8":
+                weight = module.weight.data
+                if weight.dtype != torch.int8:
+                    continue
+                ordered, _ = torch.sort(weight.to(torch.int16), dim=-1)
+                max_levels = max(max_levels, int(((ordered[:, 1:] != ordered[:, :-1]).sum(-1) + 1).max()))
+                groups += weight.shape[0]
+                quantized += 1
+            elif type(module) is nn.Linear:
+                skipped.append(name)
+        allowed = 255 if self.kind == "int8" else 16
+        proof = QuantProof(layers_quantized=quantized, layers_skipped=skipped, groups_checked=groups,
+                           max_levels=max_levels, allowed_levels=allowed)
+        return QuantResult(label=self.label, settings=self.settings(), proof=verify_proof(self.label, proof))
+
+
+def quiet_bnb_warnings() -> None:
+    """bitsandbytes logs a warning on every int8 matmul on CPU (inputs cast to fp16) and one about an
+    optional CPU kernel package; neither changes results, and the settings are in the report."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
