@@ -271,3 +271,21 @@ def test_quantizer_library_missing_names_the_install_command(world, tmp_path, mo
     result = _invoke(world, ["check", "miniature/fragile", "--quant", "bnb:fp4", "--max-items", "2"], out)
     _assert_one_line_error(result, 2, "need the bitsandbytes package", out)
     assert "pip install 'bitsandbytes>=0.49'" in result.output
+
+
+def test_allow_pickle_loads_a_bin_only_checkpoint(world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import torch
+
+    folder = _copy_repo(world, "miniature/fragile", tmp_path / "model")
+    state = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    torch.save(state, folder / "pytorch_model.bin")  # transformers 5 always writes safetensors itself
+    (folder / "model.safetensors").unlink()
+    assert not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin"))
+    refused = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2"], tmp_path / "a")
+    assert refused.exit_code == 2
+    allowed = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2", "--allow-pickle"],
+                      tmp_path / "b")
+    assert allowed.exit_code in (0, 1, 4), allowed.output
+    assert (tmp_path / "b" / "report.json").is_file()
