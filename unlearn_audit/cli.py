@@ -127,6 +127,22 @@ def _split(values: list[str] | str) -> tuple[str, ...]:
     return tuple(p.strip() for v in items for p in v.split(",") if p.strip())
 
 
+def _ci_outputs(record: dict, junit: Optional[Path]) -> None:
+    """Write the JUnit file if asked, and append to GitHub's step summary when running there."""
+    from .report.ci import render_junit, render_step_summary
+    from .report.record import write_atomic
+
+    if junit is not None:
+        write_atomic(junit, render_junit(record))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(render_step_summary(record))
+        except OSError as exc:
+            err.print(f"warning: cannot append to GITHUB_STEP_SUMMARY ({exc.strerror})", soft_wrap=True)
+
+
 def _print_verdict(verdict: dict, files: dict[str, Path]) -> None:
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[verdict["decision"]]
     out.print(f"[bold {colour}]{verdict['decision']}[/]: {verdict['headline']}", soft_wrap=True)
@@ -164,8 +180,12 @@ def check(
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run model code from the repo (review it first).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin weights (can run code).")] = False,
+    junit: Annotated[Optional[Path], typer.Option(help="Also write a JUnit XML file here (one case per share).")] = None,
 ) -> None:
-    """Audit MODEL: probe it and its original at full precision and quantized; write the reports."""
+    """Audit MODEL: probe it and its original at full precision and quantized; write the reports.
+
+    Exit codes: 0 PASS, 1 FAIL, 2 bad usage or input, 3 runtime failure, 4 INCONCLUSIVE.
+    With GITHUB_STEP_SUMMARY set, the verdict and recovery table are appended to it."""
 
     def run() -> int:
         from .pipeline import audit, prepare_out_dir, write_reports
@@ -182,6 +202,7 @@ def check(
         with reporter() as progress:
             report = audit(config, progress)
         files = write_reports(report, out_dir, config.formats)
+        _ci_outputs(report.to_dict(), junit)
         _print_verdict(report.verdict, files)
         return int(report.verdict["exit_code"])
 
@@ -338,6 +359,131 @@ def diff(
         return 0
 
     raise typer.Exit(guarded(run))
+
+
+spec_app = typer.Typer(help="Write, check and inspect forget-set specs (unlearn_audit.yaml).", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@spec_app.command("init")
+def spec_init(
+    dataset: Annotated[str, typer.Option(help="Dataset repo id or folder holding the forget set (MUSE layout).")],
+    original: Annotated[Optional[str], typer.Option(help="The model it was unlearned from.")] = None,
+    retrain: Annotated[Optional[str], typer.Option(help="A model trained without the forget set.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write it.")] = Path("unlearn_audit.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented spec with MUSE's default configs and splits."""
+
+    def run() -> int:
+        from .report.record import write_atomic
+        from .spec import spec_template
+
+        if output.exists() and not force:
+            raise UsageError(f"{output} already exists", "pass --force to overwrite it, or choose --output")
+        write_atomic(output, spec_template(dataset, original, retrain))
+        out.print(f"wrote {output}")
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@spec_app.command("validate")
+def spec_validate(path: Annotated[Path, typer.Argument(help="A spec file.")]) -> None:
+    """Check a spec file: YAML syntax, known keys, version. Exit 0 when valid, 2 when not."""
+
+    def run() -> int:
+        from .spec import load_spec_file
+
+        spec = load_spec_file(path)
+        out.print(f"{path}: valid (spec_version {spec.spec_version}, dataset {spec.dataset})")
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@spec_app.command("show")
+def spec_show(
+    model: Annotated[str, typer.Argument(help="The unlearned model (Hub id or folder) whose spec to show.")],
+    forget: Annotated[Optional[str], typer.Option("--forget", help="As for check.")] = None,
+    spec: Annotated[Optional[Path], typer.Option("--spec", help="As for check.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision")] = None,
+    cache_dir: CacheOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
+) -> None:
+    """Show the spec `check` would use for MODEL, and where it was found."""
+
+    def run() -> int:
+        import yaml
+
+        from .hub import resolve
+        from .pipeline import find_spec
+
+        config = AuditConfig(model=model, revision=revision, forget=forget, spec_path=spec, cache_dir=cache_dir,
+                             offline=offline or None)
+        repo = resolve(model, revision=revision, cache_dir=cache_dir, offline=offline or None)
+        notes: list[str] = []
+        found, source = find_spec(config, repo, notes)
+        out.print(f"# from {source}" + "".join(f"\n# note: {n}" for n in notes), soft_wrap=True)
+        sys.stdout.write(yaml.safe_dump(found.model_dump(), sort_keys=False))
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def card(
+    record: Annotated[Path, typer.Argument(help="A report.json written by an audit.")],
+    push: Annotated[Optional[str], typer.Option(
+        "--push", help="Model repo to update: uploads the reports and the card change as a pull request.")] = None,
+    direct: Annotated[bool, typer.Option(help="With --push: commit to the main branch instead of opening a PR.")] = False,
+) -> None:
+    """Print the model-card section and eval-results metadata for a record, or push them to the Hub."""
+
+    def run() -> int:
+        from .report.card import card_metadata_yaml, card_section
+        from .report.record import read_report
+
+        rec = read_report(record).to_dict()
+        if push is None:
+            sys.stdout.write(card_section(rec) + "\n<!-- metadata for the card's YAML header -->\n"
+                             + card_metadata_yaml(rec) + "\n")
+            return 0
+        url = _push_card(rec, record.parent, push, create_pr=not direct)
+        out.print(f"{'pull request' if not direct else 'commit'}: {url}", soft_wrap=True)
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+def _push_card(rec: dict, folder: Path, repo_id: str, *, create_pr: bool) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    from .errors import ResolutionError
+    from .report.card import update_card
+
+    api = HfApi()
+    try:
+        try:
+            readme = Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8")
+        except EntryNotFoundError:
+            readme = ""
+        operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=update_card(readme, rec).encode())]
+        for name in ("report.json", "report.html", "report.md"):
+            if (folder / name).is_file():
+                operations.append(CommitOperationAdd(path_in_repo=f"unlearn-audit/{name}", path_or_fileobj=str(folder / name)))
+        info = api.create_commit(repo_id, operations=operations, create_pr=create_pr,
+                                 commit_message=f"unlearn-audit: {rec['verdict']['decision']}",
+                                 commit_description=rec["verdict"]["headline"])
+    except RepositoryNotFoundError:
+        raise ResolutionError(f"model '{repo_id}' does not exist on the Hub or is not visible to your token",
+                              "check the id; log in with `hf auth login` or set HF_TOKEN") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", "?")
+        raise ResolutionError(f"the Hub refused the update of '{repo_id}' (HTTP {status})",
+                              "use a token with write access to the repo (`hf auth login`)") from None
+    return info.pr_url if create_pr and info.pr_url else info.commit_url
 
 
 @app.command()

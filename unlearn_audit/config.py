@@ -10,7 +10,7 @@ from .errors import UsageError
 
 DEFAULT_QUANT = ("rtn:8", "rtn:4")
 DEFAULT_FORMATS = ("json", "md", "html")
-KNOWN_FORMATS = ("json", "md", "html")
+KNOWN_FORMATS = ("json", "md", "html", "junit")
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,23 @@ def preset_spec(name: str) -> ForgetSpec:
 def spec_for_dataset(dataset: str) -> ForgetSpec:
     """A spec with MUSE's default configs and splits for a dataset repo id or folder."""
     return parse_spec({"name": Path(dataset).name or dataset, "dataset": dataset}, f"--forget {dataset}")
+
+
+def spec_template(dataset: str, original: str | None = None, retrain: str | None = None) -> str:
+    """A commented ``unlearn_audit.yaml`` with MUSE's default configs and splits, for publishers."""
+    spec = parse_spec({"dataset": dataset, "original": original, "retrain": retrain}, "spec init")
+    return f"""# unlearn-audit forget-set spec: what was forgotten and how to probe it.
+# Put it in your model repo as {SPEC_FILENAME}; check it with `unlearn-audit spec validate`.
+spec_version: {SPEC_VERSION}
+name: {spec.name}
+dataset: {spec.dataset}            # Hub dataset id or folder, MUSE layout: <config>/<split>-*.parquet
+dataset_revision: null             # pin a branch, tag or commit
+original: {spec.original or "null"}            # the model this one was unlearned from (default: the card's base_model)
+original_revision: null
+retrain: {spec.retrain or "null"}             # optional: a model trained without the forget set (PrivLeak reference)
+retrain_revision: null
+verbmem: {{config: verbmem, split: forget}}                                       # columns prompt, gt
+knowmem_forget: {{config: knowmem, split: forget_qa, icl_split: forget_qa_icl}}   # columns question, answer
+knowmem_retain: {{config: knowmem, split: retain_qa, icl_split: retain_qa_icl}}
+privleak: {{config: privleak, forget_split: forget, holdout_split: holdout, retain_split: retain, reference_auc: null}}
+"""

@@ -188,9 +188,16 @@ def render_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False)
 
 
+def _junit(report: dict[str, Any]) -> str:
+    from .ci import render_junit
+
+    return render_junit(report)
+
+
 RENDERERS: dict[str, tuple[str, Renderer]] = {
     "json": ("report.json", render_json),
     "md": ("report.md", render_markdown),
     "html": ("report.html", render_html),
+    "junit": ("report.junit.xml", _junit),
 }
 """format -> (file name, renderer)"""
