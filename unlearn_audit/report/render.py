@@ -6,6 +6,7 @@ inline SVG built from numbers only; the page fetches nothing from the network.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -35,8 +36,16 @@ def _env(html: bool):  # noqa: ANN202
                              keep_trailing_newline=True)
     env.filters["num"] = _num
     env.filters["pct"] = _pct
-    env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    env.filters["mdcell"] = _md_cell
     return env
+
+
+def _md_cell(text: object) -> str:
+    """Model text for a Markdown table cell: HTML-escaped (Markdown renderers pass inline HTML through),
+    pipes escaped, one line."""
+    import html
+
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _num(x: float | None, digits: int = 1) -> str:
@@ -82,6 +91,41 @@ def _metric_rows(report: dict[str, Any], metrics: tuple[str, ...] = MAIN_ROWS
     return rows, [{"role": r, "variant": v, "name": f"{r} · {variant_name(v)}"} for r, v in columns]
 
 
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def overlap_segments(reference: str | None, generation: str | None) -> list[tuple[str, bool]]:
+    """``generation`` cut into (text, on the LCS with ``reference``) pieces, words compared as ROUGE-L
+    compares them (lowercased alphanumeric tokens), so the marked words are the ones ROUGE-L counts."""
+    generation = generation or ""
+    ref = [w.lower() for w in _WORD.findall(reference or "")]
+    spans = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(generation)]
+    n, m = len(ref), len(spans)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = table[i + 1][j + 1] + 1 if ref[i] == spans[j][2] else max(table[i + 1][j], table[i][j + 1])
+    marked, i, j = set(), 0, 0
+    while i < n and j < m:
+        if ref[i] == spans[j][2]:
+            marked.add(j)
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for k, (start, end, _) in enumerate(spans):
+        if start > cursor:
+            pieces.append((generation[cursor:start], False))
+        pieces.append((generation[start:end], k in marked))
+        cursor = end
+    if cursor < len(generation):
+        pieces.append((generation[cursor:], False))
+    return pieces
+
+
 def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 12) -> dict[str, Any]:
     """Forget-set items side by side: original, unlearned, and each quantized unlearned variant,
     sorted by how much the worst variant brings back."""
@@ -102,12 +146,25 @@ def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 12
     return {"variants": [variant_name(v) for v in variants], "items": items[:limit], "total": len(items)}
 
 
+def short_variant(label: str) -> str:
+    """Axis label of a variant: fp (full precision), r4 (rtn:4...), fp4 / nf4 (bnb), i8 (bnb:int8)."""
+    if label == FULL:
+        return "fp"
+    parts = label.split(":")
+    if parts[0] == "rtn":
+        return f"r{parts[1]}"
+    if parts[0] == "bnb":
+        return {"int8": "i8"}.get(parts[1], parts[1]) + ("dq" if "dq" in parts else "")
+    return parts[0][:4]
+
+
 def _bars(report: dict[str, Any], metric: str) -> Markup:
     """An inline SVG bar chart of one metric across models and variants, with 95% interval whiskers."""
     _, columns = _metric_rows(report)
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
     values = [runs[(c["role"], c["variant"])]["metrics"].get(metric) for c in columns]
-    width, bar, gap, height, top = 560, 26, 10, 150, 12
+    bar, gap, height, top = 26, 10, 150, 12
+    width = 54 + len(columns) * (bar + gap)
     scale = lambda v: top + height - (max(0.0, min(100.0, v)) / 100) * height  # noqa: E731
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height + 90}" role="img" '
              f'aria-label="{METRIC_LABELS.get(metric, metric)} by model and variant">']
@@ -125,7 +182,7 @@ def _bars(report: dict[str, Any], metric: str) -> Markup:
                 cx = x + bar / 2
                 parts.append(f'<line x1="{cx}" x2="{cx}" y1="{scale(val["high"]):.1f}" y2="{scale(val["low"]):.1f}" class="ci"/>')
         short = ("O" if col["role"] == "original" else "U" if col["role"] == "unlearned" else "R")
-        vlabel = "fp" if col["variant"] == FULL else col["variant"].split(":")[0] + col["variant"].split(":")[1]
+        vlabel = short_variant(col["variant"])
         parts.append(f'<text x="{x + bar / 2}" y="{top + height + 14}" class="axis" text-anchor="middle">{short}</text>'
                      f'<text x="{x + bar / 2}" y="{top + height + 28}" class="axis" text-anchor="middle">{vlabel}</text>')
     parts.append("</svg>")
@@ -169,6 +226,8 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "knowmem_passages": _passages(report, "knowmem_f"),
         "bars": {m: _bars(report, m) for m in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc")},
         "FULL": FULL,
+        "marked": overlap_segments,
+        "short_variant": short_variant,
         "diff": report.get("weight_diff"),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
     }

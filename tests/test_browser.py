@@ -1,0 +1,47 @@
+"""The HTML report in a real browser (Debian's headless Chromium): it renders, shows the verdict, and
+model output never executes. Skipped, with the reason shown, where Chromium is not installed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from unlearn_audit.report.render import render_html
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+HOSTILE = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_report_renders_and_hostile_output_stays_text(audits, tmp_path):
+    record = copy.deepcopy(json.loads((audits["fragile"][1] / "report.json").read_text()))
+    for run in record["runs"]:
+        for item in run["items"]["verbmem_f"]:
+            item["generation"] = HOSTILE + (item["generation"] or "")
+    page = tmp_path / "report.html"
+    page.write_text(render_html(record))
+    # no external resource anywhere: every src/href is local or a fragment
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?(?:https?:)?//', page.read_text())
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    title = re.search(r"<title>(.*?)</title>", dom.stdout, re.S).group(1)
+    assert "pwned" not in title and title.startswith("unlearn-audit FAIL")
+    assert "<img" not in dom.stdout.lower() and "<script" not in dom.stdout.lower()
+    assert 'class="verdict FAIL"' in dom.stdout and "<svg" in dom.stdout
+    assert "&lt;script&gt;" in dom.stdout  # the model's text is shown as text
+    shot = tmp_path / "report.png"
+    result = _chromium(tmp_path, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri())
+    assert result.returncode == 0 and shot.stat().st_size > 20_000  # a rendered page, not a blank one
