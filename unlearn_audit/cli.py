@@ -30,6 +30,9 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Report formats, 
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Hugging Face Hub cache to resolve from (default: HF_HUB_CACHE / HF_HOME).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda:0.")]
+RootOpt = Annotated[Optional[Path], typer.Option(
+    "--root", help="Where the miniature is built (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")]
+RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the miniature even if a finished build exists.")]
 MaxItemsOpt = Annotated[Optional[int], typer.Option(
     "--max-items", min=1, help="Probe only the first N items of each split (a quick look; recorded).")]
 
@@ -213,9 +216,8 @@ def check(
 def demo(
     out_dir: OutOpt = Path("unlearn-audit-demo"),
     quant: QuantOpt = ["rtn:8,rtn:4,bnb:fp4"],
-    root: Annotated[Optional[Path], typer.Option(
-        help="Where the miniature is built (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")] = None,
-    rebuild: Annotated[bool, typer.Option(help="Rebuild the miniature even if a finished build exists.")] = False,
+    root: RootOpt = None,
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Build (or reuse) the miniature world and audit its fragile and robust checkpoints."""
 
@@ -274,9 +276,8 @@ def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
 
 @app.command()
 def miniature(
-    root: Annotated[Optional[Path], typer.Option(
-        help="Where to build (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")] = None,
-    rebuild: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
+    root: RootOpt = None,
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Build (or find) the miniature world and print where its Hub cache is."""
 
