@@ -24,28 +24,30 @@ class LoadedModel:
     n_parameters: int
 
 
-def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool) -> None:
-    """Refuse checkpoints that would execute code: remote code (``auto_map``) or pickled weights."""
+def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, label: str | None = None) -> None:
+    """Refuse checkpoints that would execute code: remote code (``auto_map``) or pickled weights.
+    ``label`` names the model in messages (default: the folder)."""
+    name = label or str(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise InputError(f"{folder} has no config.json, so it is not a transformers model",
+        raise InputError(f"{name} has no config.json, so it is not a transformers model",
                          "point at a model repo or folder with config.json and weights")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"{config_path} is not valid JSON ({exc})", "fix or re-download the model") from None
     if config.get("auto_map") and not trust_remote_code:
-        raise UnsafeModelError(f"{folder.name} needs custom code from its repo (auto_map in config.json)",
+        raise UnsafeModelError(f"{name} needs custom code from its repo (auto_map in config.json)",
                                "review the code, then pass --trust-remote-code to run it")
     files = [p.name for p in folder.iterdir() if p.is_file()]
     has_safetensors = any(name.endswith(".safetensors") for name in files)
     has_pickle = any(name.endswith(_PICKLE_SUFFIXES) for name in files)
     if not has_safetensors:
         if has_pickle and not allow_pickle:
-            raise UnsafeModelError(f"{folder.name} has only pickled weights (.bin/.pt), which can run code when loaded",
+            raise UnsafeModelError(f"{name} has only pickled weights (.bin/.pt), which can run code when loaded",
                                    "ask the publisher for safetensors, or pass --allow-pickle if you trust it")
         if not has_pickle:
-            raise InputError(f"{folder.name} has no weight files", "check that the repo holds model weights")
+            raise InputError(f"{name} has no weight files", "check that the repo holds model weights")
 
 
 def _quiet_transformers() -> None:
@@ -60,7 +62,7 @@ def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> An
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True)
+    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True, label=repo.reference)
     try:
         return AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -77,7 +79,7 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
 
     _quiet_transformers()
 
-    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, label=repo.reference)
     has_safetensors = any(p.suffix == ".safetensors" for p in repo.path.iterdir())
     torch_dtype = getattr(torch, dtype)
     try:

@@ -163,7 +163,8 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     if retrain_repo is not None:
         roles.append(("retrain", retrain_repo, f"from the spec, {spec_source}"))
     for _, repo, _ in roles:  # refuse unsafe or incompatible checkpoints before any probing
-        check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+        check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                    label=repo.reference)
     tokenizers = {role: load_tokenizer(repo, trust_remote_code=config.trust_remote_code) for role, repo, _ in roles}
     for role, repo, _ in roles[1:]:
         check_same_tokenizer(unlearned_repo.reference, tokenizers["unlearned"], repo.reference, tokenizers[role])
