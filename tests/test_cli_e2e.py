@@ -122,3 +122,11 @@ def test_demo_shows_a_fail_and_a_pass(world, tmp_path):
     for name, decision in (("fragile", "FAIL"), ("robust", "PASS")):
         assert _record(tmp_path / name)["verdict"]["decision"] == decision
         assert (tmp_path / name / "report.html").is_file()
+
+
+def test_miniature_prints_a_usable_cache_line(world):
+    """README: HF_HUB_CACHE=$(unlearn-audit miniature | sed -n 's/^HF_HUB_CACHE=//p')"""
+    result = runner.invoke(app, ["miniature"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("HF_HUB_CACHE=")]
+    assert lines == [f"HF_HUB_CACHE={world.hub_cache}"]

@@ -283,7 +283,7 @@ def miniature(
 
     def run() -> int:
         world = _build_world(root, rebuild)
-        out.print(f"HF_HUB_CACHE={world.hub_cache}")
+        print(f"HF_HUB_CACHE={world.hub_cache}")  # plain: scripts read this line (rich would wrap it)
         out.print("repos: miniature/news (dataset), miniature/original, miniature/retrain, miniature/fragile, "
                   "miniature/robust", soft_wrap=True)
         return 0
