@@ -45,3 +45,24 @@ def test_report_renders_and_hostile_output_stays_text(audits, tmp_path):
     shot = tmp_path / "report.png"
     result = _chromium(tmp_path, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri())
     assert result.returncode == 0 and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+CSP = "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
+
+
+def _console_lines(tmp_path: Path, page: Path) -> list[str]:
+    """Console messages Chromium logged while loading ``page`` (CSP blocks of requests and scripts included)."""
+    result = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_report_loads_without_console_messages_or_requests(audits, tmp_path):
+    page = audits["fragile"][1] / "report.html"
+    assert _console_lines(tmp_path, page) == []
+    # control: the same detector does see a blocked request and a blocked script on a page that has them
+    bad = tmp_path / "bad.html"
+    bad.write_text(f"<!DOCTYPE html><html><head>{CSP}<title>t</title></head><body>"
+                   '<img src="https://example.invalid/x.png"><script>console.error(1)</script></body></html>')
+    lines = _console_lines(tmp_path, bad)
+    assert any("example.invalid" in line for line in lines) and any("inline script" in line for line in lines)

@@ -35,3 +35,36 @@ def test_model_output_is_escaped_everywhere(audits):
     assert "&lt;script&gt;" in html and "onerror=&#34;" in html
     md = render_markdown(record)  # Markdown renderers pass inline HTML through: escaped there too
     assert "<script" not in md.lower() and "<img" not in md.lower() and "&lt;script&gt;" in md
+
+
+def test_html_stays_small_at_muse_scale(audits):
+    """MUSE-sized data: 100 VerbMem, 100 + 100 KnowMem and 100 + 100 PrivLeak items per run; the HTML shows a
+    selection, the record keeps everything."""
+    record = copy.deepcopy(json.loads((audits["fragile"][1] / "report.json").read_text()))
+    for run in record["runs"]:
+        for key, items in run["items"].items():
+            factor = -(-200 // len(items)) if key == "privleak" else -(-100 // len(items))
+            run["items"][key] = [dict(item, id=f"{item['id']}#{k}") for k in range(factor) for item in items]
+    html = render_html(record)
+    assert len(html.encode()) < 2_000_000
+    assert len(record["runs"][0]["items"]["verbmem_f"]) >= 100
+
+
+def test_compare_puts_audits_side_by_side(audits, tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearn_audit.cli import app
+
+    paths = [str(audits[name][1] / "report.json") for name in ("fragile", "robust")]
+    result = CliRunner().invoke(app, ["compare", *paths, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "compare.md").read_text()
+    assert "`miniature/fragile`" in md and "**FAIL**" in md and "**PASS**" in md
+    assert "100% (" in md  # fragile's largest recovery
+    hostile = json.loads((audits["fragile"][1] / "report.json").read_text())
+    hostile["models"]["unlearned"]["repo"]["reference"] = HOSTILE
+    from unlearn_audit.report.compare import render_compare
+
+    html = render_compare([hostile, hostile], "html")
+    assert "<script" not in html.lower() and "&lt;script&gt;" in html
+    assert CliRunner().invoke(app, ["compare", paths[0]]).exit_code == 2

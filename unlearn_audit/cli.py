@@ -496,6 +496,37 @@ def schema() -> None:
 
 
 @app.command()
+def compare(
+    records: Annotated[list[Path], typer.Argument(help="Two or more report.json files.")],
+    formats: FormatOpt = "md,html",
+    out_dir: OutOpt = Path("."),
+) -> None:
+    """Put several audited checkpoints side by side (compare.md, compare.html)."""
+
+    def run() -> int:
+        from .report.compare import render_compare
+        from .report.record import read_report, write_atomic
+
+        if len(records) < 2:
+            raise UsageError("compare needs at least two records", "pass two or more report.json files")
+        data = [read_report(r).to_dict() for r in records]
+        chosen = _split(formats)
+        unknown = [f for f in chosen if f not in ("md", "html")]
+        if unknown:
+            raise UsageError(f"compare cannot write format {unknown[0]}", "use md and/or html")
+        rendered = {f: render_compare(data, f) for f in chosen}
+        from .pipeline import prepare_out_dir
+
+        prepare_out_dir(out_dir)
+        for fmt, text in rendered.items():
+            write_atomic(out_dir / f"compare.{fmt}", text)
+            out.print(f"{fmt:5s} {out_dir / f'compare.{fmt}'}")
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
 def quantizers() -> None:
     """List the quantization methods, their --quant syntax and what each needs."""
     from .quantize import METHODS

@@ -189,6 +189,47 @@ def _bars(report: dict[str, Any], metric: str) -> Markup:
     return Markup("".join(parts))
 
 
+def _heat_colour(share: float | None) -> str:
+    """White at 0% recovered, deep red at 100% or more; grey when undefined."""
+    if share is None:
+        return "#e4e8ef"
+    x = max(0.0, min(1.0, share))
+    r, g, b = (255, int(255 - 180 * x), int(255 - 200 * x))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _heat_map(report: dict[str, Any]) -> Markup:
+    """Recovery as a metric x variant grid of coloured cells with the share written in each."""
+    variants = list(dict.fromkeys(s["variant"] for s in report["recoveries"]))
+    metrics = list(dict.fromkeys(s["metric"] for s in report["recoveries"]))
+    if not variants:
+        return Markup("")
+    cell_w, cell_h, left, top = 96, 34, 170, 28
+    width, height = left + cell_w * len(variants) + 4, top + cell_h * len(metrics) + 4
+    by_key = {(s["metric"], s["variant"]): s for s in report["recoveries"]}
+    parts = [f'<svg class="heat" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+             'aria-label="recovery by metric and quantized variant">']
+    for j, v in enumerate(variants):
+        parts.append(f'<text x="{left + j * cell_w + cell_w / 2}" y="{top - 8}" class="axis" '
+                     f'text-anchor="middle">{Markup.escape(v)}</text>')
+    for i, m in enumerate(metrics):
+        y = top + i * cell_h
+        parts.append(f'<text x="{left - 8}" y="{y + cell_h / 2 + 4}" class="axis" text-anchor="end">'
+                     f'{Markup.escape(METRIC_LABELS.get(m, m))}</text>')
+        for j, v in enumerate(variants):
+            s = by_key.get((m, v))
+            value = s["value"] if s else None
+            x = left + j * cell_w
+            label = "n/a" if value is None else f"{value * 100:.0f}%"
+            parts.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cell_w - 2}" height="{cell_h - 2}" '
+                         f'fill="{_heat_colour(value)}"><title>{Markup.escape(m)} · {Markup.escape(v)}: {label} '
+                         f'({Markup.escape(s["status"] if s else "")})</title></rect>'
+                         f'<text x="{x + cell_w / 2}" y="{y + cell_h / 2 + 4}" text-anchor="middle" '
+                         f'class="heat-label">{label}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def _layer_chart(rows: list[dict[str, Any]]) -> Markup:
     """Per-layer bars: share of the weights unlearning moved that the quantizer maps back (0-100%)."""
     width, height, top = 560, 120, 8
@@ -227,6 +268,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "bars": {m: _bars(report, m) for m in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc")},
         "FULL": FULL,
         "marked": overlap_segments,
+        "heat_map": _heat_map(report),
         "short_variant": short_variant,
         "diff": report.get("weight_diff"),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
