@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
-from unlearn_audit.report.render import overlap_segments, render_html, render_markdown
+import re
+
+from unlearn_audit.report.render import SORT_SCRIPT, overlap_segments, render_html, render_markdown
 
 
 def test_overlap_marks_the_longest_common_subsequence_by_hand():
@@ -30,7 +32,7 @@ def test_model_output_is_escaped_everywhere(audits):
                 item["generation"] = HOSTILE + (item["generation"] or "")
                 item["prompt"] = HOSTILE
     html = render_html(record)
-    assert "<script" not in html.lower()
+    assert re.findall(r"<script>(.*?)</script>", html, re.S) == [SORT_SCRIPT]  # the page's own script only
     assert "<img" not in html.lower()
     assert "&lt;script&gt;" in html and "onerror=&#34;" in html
     md = render_markdown(record)  # Markdown renderers pass inline HTML through: escaped there too

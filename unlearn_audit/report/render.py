@@ -126,7 +126,7 @@ def overlap_segments(reference: str | None, generation: str | None) -> list[tupl
     return pieces
 
 
-def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 12) -> dict[str, Any]:
+def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 30) -> dict[str, Any]:
     """Forget-set items side by side: original, unlearned, and each quantized unlearned variant,
     sorted by how much the worst variant brings back."""
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
@@ -141,6 +141,8 @@ def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 12
                "unlearned": item, "variants": [runs[("unlearned", v)]["items"][metric][idx] for v in variants]}
         gains = [(v["score"] or 0) - (item["score"] or 0) for v in row["variants"]]
         row["gain"] = max(gains) if gains else 0.0
+        row["order"] = idx
+        row["unlearned_score"] = item["score"] or 0.0
         items.append(row)
     items.sort(key=lambda r: -r["gain"])
     return {"variants": [variant_name(v) for v in variants], "items": items[:limit], "total": len(items)}
@@ -252,6 +254,23 @@ def _layer_chart(rows: list[dict[str, Any]]) -> Markup:
     return Markup("".join(parts))
 
 
+SORT_SCRIPT = (
+    "document.querySelectorAll('button[data-sort]').forEach(function(button){"
+    "button.addEventListener('click',function(){var box=document.getElementById('passage-list');"
+    "var key=button.getAttribute('data-sort');var items=Array.prototype.slice.call(box.children);"
+    "items.sort(function(a,b){return key==='order'?a.dataset.order-b.dataset.order:b.dataset[key]-a.dataset[key];});"
+    "items.forEach(function(item){box.appendChild(item);});});});"
+)
+"""The page's only script: re-orders the passages. The CSP allows exactly this text (by its hash)."""
+
+
+def _script_hash(script: str) -> str:
+    import base64
+    import hashlib
+
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -269,6 +288,8 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "FULL": FULL,
         "marked": overlap_segments,
         "heat_map": _heat_map(report),
+        "sort_script": Markup(SORT_SCRIPT),
+        "sort_script_hash": _script_hash(SORT_SCRIPT),
         "short_variant": short_variant,
         "diff": report.get("weight_diff"),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
