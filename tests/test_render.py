@@ -70,3 +70,10 @@ def test_compare_puts_audits_side_by_side(audits, tmp_path):
     html = render_compare([hostile, hostile], "html")
     assert "<script" not in html.lower() and "&lt;script&gt;" in html
     assert CliRunner().invoke(app, ["compare", paths[0]]).exit_code == 2
+
+
+def test_percent_never_shows_negative_zero():
+    from unlearn_audit.formatting import percent
+
+    assert [percent(x) for x in (0.943, -0.003, 0.0, None, float("nan"), -0.05, 1.0)] == \
+        ["94%", "0%", "0%", "n/a", "n/a", "-5%", "100%"]

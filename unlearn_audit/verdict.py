@@ -23,6 +23,7 @@ import numpy as np
 from .analysis import METRIC_NOUNS, Analysis, Share
 from .config import Thresholds
 from .errors import ExitCode
+from .formatting import percent
 
 
 class Decision(str, Enum):
@@ -49,13 +50,11 @@ class Verdict:
                 "headline": self.headline, "reasons": list(self.reasons)}
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x * 100:.0f}%"
 
 
 def _span(share: Share) -> str:
     i = share.interval
-    return f"{_pct(i.value)} [{_pct(i.low)}–{_pct(i.high)}]"
+    return f"{percent(i.value)} [{percent(i.low)}–{percent(i.high)}]"
 
 
 def classify(share: Share, threshold: float) -> str:
@@ -89,7 +88,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
             continue
         share.status = classify(share, thresholds.max_residual)
         text = (f"at full precision the unlearned model keeps {_span(share)} of the original's "
-                f"{METRIC_NOUNS[share.metric]} (threshold {_pct(thresholds.max_residual)})")
+                f"{METRIC_NOUNS[share.metric]} (threshold {percent(thresholds.max_residual)})")
         if share.status == "exceeds":
             fails.append((share.interval.value, text[0].upper() + text[1:]))
         elif share.status in ("straddles", "undefined"):
@@ -104,7 +103,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
                           "(unlearning removed too little of it to measure)")
             continue
         text = (f"{variant} brings back {_span(share)} of the {METRIC_NOUNS[share.metric]} "
-                f"that unlearning removed (threshold {_pct(thresholds.max_recovery)})")
+                f"that unlearning removed (threshold {percent(thresholds.max_recovery)})")
         if share.status == "exceeds":
             fails.append((share.interval.value, text[0].upper() + text[1:]))
         elif share.status == "straddles":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis import FULL, METRIC_LABELS
+from ..formatting import percent
 
 SECTION_START = "<!-- unlearn-audit:start -->"
 SECTION_END = "<!-- unlearn-audit:end -->"
@@ -12,8 +13,6 @@ TASK_NAME = "Machine unlearning audit (unlearn-audit)"
 """Marks this tool's eval results in a card, so a later audit replaces them and keeps everything else."""
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.0f}%"
 
 
 def card_section(report: dict[str, Any]) -> str:
@@ -31,7 +30,7 @@ def card_section(report: dict[str, Any]) -> str:
              "| metric | variant | recovery | 95% interval |", "|---|---|---|---|"]
     for s in report["recoveries"]:
         lines.append(f"| {METRIC_LABELS.get(s['metric'], s['metric'])} | {variant_name(s['variant'])} | "
-                     f"{_pct(s['value'])} | {_pct(s['low'])} – {_pct(s['high'])} |")
+                     f"{percent(s['value'])} | {percent(s['low'])} – {percent(s['high'])} |")
     lines += ["", f"Reproduce: `{report['command'] or 'unlearn-audit check ' + model['reference']}`", SECTION_END, ""]
     return "\n".join(lines)
 

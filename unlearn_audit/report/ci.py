@@ -6,15 +6,14 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from ..analysis import METRIC_LABELS
+from ..formatting import percent
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.0f}%"
 
 
 def _case(suite: ET.Element, classname: str, name: str, share: dict[str, Any], threshold: float) -> tuple[int, int]:
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
-    text = (f"{_pct(share['value'])} [{_pct(share['low'])}–{_pct(share['high'])}], threshold {_pct(threshold)}: "
+    text = (f"{percent(share['value'])} [{percent(share['low'])}–{percent(share['high'])}], threshold {percent(threshold)}: "
             f"{share['status']}")
     if share["status"] == "exceeds":
         ET.SubElement(case, "failure", message=text, type="threshold").text = text
@@ -65,6 +64,6 @@ def render_step_summary(report: dict[str, Any]) -> str:
     lines = [f"### {icon} unlearn-audit {verdict['decision']}: `{report['models']['unlearned']['repo']['reference']}`",
              "", verdict["headline"], "", "| metric | variant | recovery | 95% interval | status |", "|---|---|---|---|---|"]
     for s in report["recoveries"]:
-        lines.append(f"| {METRIC_LABELS.get(s['metric'], s['metric'])} | {variant_name(s['variant'])} | {_pct(s['value'])} "
-                     f"| {_pct(s['low'])} – {_pct(s['high'])} | {s['status']} |")
+        lines.append(f"| {METRIC_LABELS.get(s['metric'], s['metric'])} | {variant_name(s['variant'])} | {percent(s['value'])} "
+                     f"| {percent(s['low'])} – {percent(s['high'])} | {s['status']} |")
     return "\n".join(lines) + "\n\n"

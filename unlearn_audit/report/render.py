@@ -15,6 +15,7 @@ from typing import Any
 from markupsafe import Markup
 
 from ..analysis import FULL, METRIC_LABELS, METRIC_NOUNS
+from ..formatting import percent
 
 Renderer = Callable[[dict[str, Any]], str]
 
@@ -35,7 +36,7 @@ def _env(html: bool):  # noqa: ANN202
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters["num"] = _num
-    env.filters["pct"] = _pct
+    env.filters["pct"] = percent
     env.filters["mdcell"] = _md_cell
     return env
 
@@ -52,8 +53,6 @@ def _num(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.0f}%"
 
 
 def variant_name(label: str) -> str:
@@ -222,7 +221,7 @@ def _heat_map(report: dict[str, Any]) -> Markup:
             s = by_key.get((m, v))
             value = s["value"] if s else None
             x = left + j * cell_w
-            label = "n/a" if value is None else f"{value * 100:.0f}%"
+            label = percent(value)
             parts.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cell_w - 2}" height="{cell_h - 2}" '
                          f'fill="{_heat_colour(value)}"><title>{Markup.escape(m)} · {Markup.escape(v)}: {label} '
                          f'({Markup.escape(s["status"] if s else "")})</title></rect>'
