@@ -37,6 +37,18 @@ class Engine:
             self.pad_id = self.tokenizer.eos_token_id
         self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
 
+    def _pad(self, seqs: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask) of ``seqs`` padded to one width: on the left for generation (new
+        tokens follow every prompt directly), on the right for scoring."""
+        width = max(len(seq) for seq in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, span] = torch.tensor(seq)
+            mask[row, span] = 1
+        return ids, mask
+
     def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -64,13 +76,8 @@ class Engine:
             encoded.append(ids)
         outputs: list[str] = [""] * len(prompts)
         for batch in self._batches(encoded):
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = encoded[i]
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
+            ids, mask = self._pad([encoded[i] for i in batch], left=True)
+            width = ids.shape[1]
             if self.sample_temperature is not None:
                 torch.manual_seed(self.seed + batch[0])
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
@@ -95,12 +102,7 @@ class Engine:
             encoded.append(ids)
         result: list[TokenStats] = [TokenStats(np.empty(0), np.empty(0), np.empty(0))] * len(texts)
         for batch in self._batches(encoded):
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
+            ids, mask = self._pad([encoded[i] for i in batch], left=False)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device)).squeeze(-1)
