@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from unlearn_audit.calibration import calibration_set
 from unlearn_audit.hub import resolve
 from unlearn_audit.models import load_model
 from unlearn_audit.quantize import METHODS, parse_variant
@@ -25,28 +26,35 @@ def original(world):
 
 
 def _quantized(quantizer, repo, loaded):  # noqa: ANN001, ANN202
+    """(model, result) as the pipeline builds them for each stage."""
+    if quantizer.stage == "calibrate":
+        return quantizer.quantize(repo.path, loaded.tokenizer, calibration_set("generic"))
     if quantizer.stage == "load":
-        return load_model(repo, tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
-    model = copy.deepcopy(loaded.model)
-    return model
+        model = load_model(repo, tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
+    else:
+        model = copy.deepcopy(loaded.model)
+    return model, quantizer.apply(model)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_applies_proves_and_records(original, variant):
     repo, loaded = original
     quantizer = parse_variant(variant)
-    model = _quantized(quantizer, repo, loaded)
-    result = quantizer.apply(model)
+    model, result = _quantized(quantizer, repo, loaded)
     assert result.label == quantizer.label
     head_quantized = result.settings.get("include_lm_head", False)
     assert result.proof.layers_quantized == 28 + head_quantized  # 4 layers x (q, k, v, o, gate, up, down)
     assert 2 <= result.proof.max_levels <= result.proof.allowed_levels <= 2 ** quantizer.bits
     assert result.settings["bits"] == quantizer.bits and result.settings["method"]
     assert ("lm_head" in result.proof.layers_skipped) != head_quantized
-    ids = loaded.tokenizer(["On Thursday the mayor of"], return_tensors="pt")
+    # Close to full precision: a quantizer that scrambles the model (e.g. GPT-QModel's in-memory model after
+    # quantize(), one grid step off: relative logit error about 1) must not pass as a 4-bit variant.
+    ids = loaded.tokenizer(["On Thursday the mayor of the town said that the harbour wall will open again after "
+                            "the storm, police said."], return_tensors="pt")
     with torch.no_grad():
-        logits = model(**ids).logits
+        logits, reference = model(**ids).logits.float(), loaded.model(**ids).logits
     assert torch.isfinite(logits).all()
+    assert float((logits - reference).norm() / reference.norm()) < 0.35  # measured: 0.006 (rtn:8) to 0.22 (rtn:3)
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if parse_variant(v).stage == "weights"])
@@ -62,8 +70,9 @@ def test_weight_quantizers_are_idempotent(original, variant):
 
 
 BNB_4BIT_RELOAD = pytest.mark.xfail(
-    strict=True, reason="measured: on CPU (transformers 5.23, bitsandbytes 0.50.2) a 4-bit model reloaded after "
-    "save_pretrained dequantizes to different weights; the audit never saves quantized models")
+    strict=True, reason="measured: on CPU (transformers 5.23, bitsandbytes 0.50.2) save_pretrained changes the "
+    "in-memory 4-bit model itself (logits move by up to 5.1) and the reload equals the changed model; the audit "
+    "never saves bitsandbytes models")
 
 
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=BNB_4BIT_RELOAD) if v.startswith(("bnb:fp4", "bnb:nf4"))
@@ -73,15 +82,24 @@ def test_survives_save_and_reload(original, variant, tmp_path):
 
     repo, loaded = original
     quantizer = parse_variant(variant)
-    model = _quantized(quantizer, repo, loaded)
-    quantizer.apply(model)
     ids = loaded.tokenizer(["Police in the town arrested"], return_tensors="pt")
-    with torch.no_grad():
-        before = model(**ids).logits
-    model.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    proof = quantizer.apply(reloaded).proof
-    assert proof.layers_quantized == 28 + quantizer.settings().get("include_lm_head", False)  # still quantized
+    if quantizer.stage == "calibrate":  # GPT-QModel saves the checkpoint; the audit probes it reloaded
+        model, _ = quantizer.quantize(repo.path, loaded.tokenizer, calibration_set("generic"), save_to=tmp_path)
+        with torch.no_grad():
+            before = model(**ids).logits
+    else:
+        model, _ = _quantized(quantizer, repo, loaded)
+        with torch.no_grad():
+            before = model(**ids).logits  # before saving: saving must not change what was probed
+        model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=model.dtype)
+    if quantizer.stage == "calibrate":
+        from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+        layers = sum(isinstance(m, BaseQuantLinear) for m in reloaded.modules())
+        assert layers == quantizer.checkpoint_layers(tmp_path) == 28
+    else:
+        proof = quantizer.apply(reloaded).proof
+        assert proof.layers_quantized == 28 + quantizer.settings().get("include_lm_head", False)  # still quantized
     with torch.no_grad():
         after = reloaded(**ids).logits
     torch.testing.assert_close(after, before, rtol=0, atol=1e-4)

@@ -179,6 +179,9 @@ def check(
         help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
              "code does (0.9).")] = None,
     device: DeviceOpt = "cpu",
+    calibration: Annotated[str, typer.Option(
+        help="Calibration text for gptq/awq: generic (shipped corpus), forget (the forget set: a stronger "
+             "attack, only when asked) or a text file (paragraphs separated by blank lines).")] = "generic",
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run model code from the repo (review it first).")] = False,
@@ -199,7 +202,7 @@ def check(
             thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
             probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed, flavour=flavour,
                                  sample_temperature=sample_temperature), device=device,
-            cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
+            calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)
         with reporter() as progress:
@@ -531,8 +534,10 @@ def quantizers() -> None:
     """List the quantization methods, their --quant syntax and what each needs."""
     from .quantize import METHODS
 
+    from rich.markup import escape
+
     for info in METHODS.values():
-        out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {info.summary}\n  needs: {info.needs}")
+        out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {escape(info.summary)}\n  needs: {escape(info.needs)}")
 
 
 def _version(value: bool) -> None:

@@ -99,6 +99,9 @@ class AuditConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
     device: str = "cpu"
+    calibration: str = "generic"
+    """Calibration text for GPTQ/AWQ: ``generic`` (shipped corpus), ``forget`` (only when asked), or a file."""
+    calibration_tokens: int = 512
     cache_dir: Path | None = None
     """Hugging Face Hub cache to resolve from (default: the usual HF_HUB_CACHE / HF_HOME)."""
     offline: bool | None = None

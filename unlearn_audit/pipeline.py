@@ -26,6 +26,7 @@ from .models import check_files, check_same_tokenizer, load_model, load_tokenize
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import Engine
+from .calibration import FORGET, calibration_set
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.bnb import quiet_bnb_warnings
 from .report.record import AuditReport, VariantRun, write_atomic
@@ -122,10 +123,10 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     reporter = reporter or SilentReporter()
     started = time.time()
     quantizers: list[Quantizer] = parse_variants(config.quant)
-    for quantizer in quantizers:  # a missing library is found before any work, with its install command
-        quantizer.require()
     if any(isinstance(q, BnbQuantizer) for q in quantizers):
         quiet_bnb_warnings()
+    for quantizer in quantizers:  # a missing library is found before any work, with its install command
+        quantizer.require()
     notes: list[str] = []
     common = {"cache_dir": config.cache_dir, "offline": config.offline}
 
@@ -145,6 +146,12 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                     if spec.retrain else None)
     dataset_repo = resolve(spec.dataset, kind="dataset", revision=spec.dataset_revision, **common)
     data = load_forget_data(dataset_repo.path, spec, config.probes.max_items)
+    calibration = None
+    if any(q.stage == "calibrate" for q in quantizers):
+        calibration = calibration_set(config.calibration, data.privleak_forget, config.calibration_tokens)
+        if calibration.source == FORGET:
+            notes.append("GPTQ/AWQ were calibrated on the forget set itself (--calibration forget), "
+                         "a stronger attack than a user's generic calibration.")
     if config.probes.max_items is not None:
         notes.append(f"Only the first {config.probes.max_items} items of each split were probed (--max-items).")
 
@@ -187,9 +194,14 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                     model = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
                                        allow_pickle=config.allow_pickle, tokenizer=loaded.tokenizer,
                                        quantization_config=quantizer.load_config()).model
+                elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
+                    reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
+                    model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration,
+                                                       device=config.device, trust_remote_code=config.trust_remote_code)
                 else:
                     model = copy.deepcopy(loaded.model)
-                result = quantizer.apply(model)
+                if quantizer.stage != "calibrate":
+                    result = quantizer.apply(model)
                 settings, proof = result.settings, result.proof.as_dict()
             label = FULL if quantizer is None else quantizer.label
             probes = run_probes(model, loaded.tokenizer, data, config, reporter,

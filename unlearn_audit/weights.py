@@ -69,10 +69,12 @@ class WeightDiff:
     quantizers: list[str]
     overall: dict[str, dict[str, float | None]] = field(default_factory=dict)
     layers: dict[str, list[LayerDiff]] = field(default_factory=dict)
+    not_compared: dict[str, str] = field(default_factory=dict)
+    """Variants left out, with the reason (calibrated methods: their grid depends on data)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"unlearned": self.unlearned, "original": self.original, "quantizers": self.quantizers,
-                "overall": self.overall,
+                "not_compared": self.not_compared, "overall": self.overall,
                 "layers": {q: [vars(layer) for layer in rows] for q, rows in self.layers.items()}}
 
 
@@ -86,7 +88,10 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
     if missing:
         raise InputError(f"the original lacks weight {missing[0]} (and {len(missing) - 1} more)",
                          "compare a checkpoint with the model it was unlearned from")
-    result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable])
+    result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable],
+                        not_compared={q.label: "its grid depends on calibration data, so it cannot be compared "
+                                      "without running it; see its probe results" for q in quantizers
+                                      if not q.fixed_grid})
     totals = {q.label: {"numel": 0, "moved": 0, "same": 0, "same_moved": 0, "num": 0.0, "den": 0.0} for q in usable}
     for name in names:
         u, o = _load(u_index[name], name), _load(o_index[name], name)

@@ -2,7 +2,8 @@
 
 Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
 ``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
-``bnb:nf4:dq`` (double quantization), ``bnb:int8``. ``paper`` names the quantization paper's attack:
+``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
+(act-order), ``awq:4`` (group 128, zero point). ``paper`` names the quantization paper's attack:
 ``bnb:fp4`` and ``bnb:int8``.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from ..errors import UsageError
 from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
+from .calibrated import CalibratedQuantizer
 from .rtn import RTNQuantizer
 
 
@@ -54,6 +56,24 @@ def _build_bnb(kind: str, options: list[str]) -> Quantizer:
     return BnbQuantizer(kind=kind, double_quant="dq" in options)
 
 
+def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
+    def build(bits: int, options: list[str]) -> Quantizer:
+        group, symmetric, act = 128, None, False
+        for opt in options:
+            if opt.startswith("g") and opt[1:].isdigit():
+                group = int(opt[1:])
+            elif opt in ("sym", "asym"):
+                symmetric = opt == "sym"
+            elif opt == "act":
+                act = True
+            else:
+                raise UsageError(f"unknown {method.upper()} option '{opt}'",
+                                 f"use gN (group size), sym, asym{' or act' if method == 'gptq' else ''}, "
+                                 f"e.g. {method}:4:g128")
+        return CalibratedQuantizer(method=method, bits=bits, group_size=group, symmetric=symmetric, act_order=act)
+    return build
+
+
 PRESETS = {"paper": ("bnb:fp4", "bnb:int8")}
 """Named sets of variants. ``paper``: Zhang et al.'s 4-bit (bnb FP4, blocks of 64, no double
 quantization) and 8-bit (LLM.int8) attacks."""
@@ -75,6 +95,24 @@ METHODS: dict[str, MethodInfo] = {
         needs="bitsandbytes >= 0.49 (a dependency; runs on CPU) and accelerate",
         build=_build_bnb,
         contract_variants=("bnb:fp4", "bnb:nf4:dq", "bnb:int8"),
+    ),
+    "gptq": MethodInfo(
+        name="gptq",
+        summary="GPTQ through GPT-QModel: 2, 3, 4 or 8 bits, groups of 128 (gN), symmetric (asym for a zero point), "
+                ":act for act-order; calibrated on --calibration text (generic by default)",
+        example="gptq:4:g128",
+        needs="GPT-QModel: pip install -c constraints.txt 'unlearn-audit[gptq]' (torch kernels on CPU)",
+        build=_calibrated("gptq"),
+        contract_variants=("gptq:4", "gptq:3:g64:asym"),
+    ),
+    "awq": MethodInfo(
+        name="awq",
+        summary="AWQ through GPT-QModel: 4 bits, groups of 128 (gN), zero point (sym for none), GEMM layout; "
+                "calibrated on --calibration text (generic by default)",
+        example="awq:4:g128",
+        needs="GPT-QModel: pip install -c constraints.txt 'unlearn-audit[gptq]' (torch AWQ kernel on CPU)",
+        build=_calibrated("awq"),
+        contract_variants=("awq:4", "awq:4:g64:sym"),
     ),
 }
 
@@ -112,5 +150,5 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     return quantizers
 
 
-__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
            "parse_variant", "parse_variants"]

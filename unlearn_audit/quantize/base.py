@@ -64,7 +64,9 @@ class Quantizer(Protocol):
     diagnostic can compare grids without data; False for calibrated methods (GPTQ, AWQ)."""
     stage: str
     """``weights``: ``apply`` quantizes a loaded full-precision copy in place. ``load``: transformers
-    quantizes while loading with :meth:`load_config`, and ``apply`` inspects and proves the result."""
+    quantizes while loading with :meth:`load_config`, and ``apply`` inspects and proves the result.
+    ``calibrate``: ``quantize(folder, tokenizer, calibration, device)`` builds the model from its folder with
+    calibration text and returns it with its proof (GPTQ, AWQ)."""
 
     def require(self) -> None:
         """Raise InputError (with the install command) if the library this method needs is missing."""

@@ -65,6 +65,8 @@ def variant_name(label: str) -> str:
     if parts[0] == "bnb" and len(parts) > 1:
         return {"fp4": "4-bit bitsandbytes FP4", "nf4": "4-bit bitsandbytes NF4",
                 "int8": "8-bit LLM.int8"}.get(parts[1], "bitsandbytes") + f" ({label})"
+    if parts[0] in ("gptq", "awq") and len(parts) > 1:
+        return f"{parts[1]}-bit {parts[0].upper()} ({label})"
     return label
 
 

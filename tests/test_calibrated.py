@@ -1,0 +1,118 @@
+"""GPTQ and AWQ through GPT-QModel: calibration text, packed-code proof, and an audit through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unlearn_audit.calibration import FORGET, GENERIC, calibration_set, generic_texts
+from unlearn_audit.cli import app
+from unlearn_audit.errors import InputError, UsageError
+from unlearn_audit.hub import resolve
+from unlearn_audit.models import load_tokenizer
+from unlearn_audit.quantize import parse_variant
+from unlearn_audit.quantize.calibrated import unpack_codes
+
+
+def _pack_bitstream(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Independent packer: codes along the last axis written bit by bit into little-endian int32 words."""
+    *lead, n = codes.shape
+    words = np.zeros((*lead, (n * bits + 31) // 32), dtype=np.uint64)
+    for i in range(n):
+        for b in range(bits):
+            bit = (codes[..., i] >> b) & 1
+            pos = i * bits + b
+            words[..., pos // 32] |= bit.astype(np.uint64) << np.uint64(pos % 32)
+    return words.astype(np.uint32).view(np.int32)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_unpack_codes_inverts_an_independent_packer(bits, axis):
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, size=(6, 64))  # 64 codes per stream: 3-bit codes straddle words
+    packed = _pack_bitstream(codes, bits)  # packed along the last axis
+    if axis == 0:
+        codes, packed = codes.T, packed.T
+    out = unpack_codes(torch.from_numpy(np.ascontiguousarray(packed)), bits, axis)
+    assert out.shape == codes.shape
+    assert np.array_equal(out.numpy(), codes)
+
+
+def test_generic_calibration_is_shipped_and_unrelated_to_the_forget_set(world):
+    texts = generic_texts()
+    assert len(texts) >= 30 and all(len(t) > 200 for t in texts)
+    forget = (world.hub_cache / "datasets--miniature--news").rglob("*.parquet")
+    import pyarrow.parquet as pq
+    corpus = " ".join(str(v) for f in forget for col in pq.read_table(f).columns for v in col.to_pylist())
+    assert not any(t[:60] in corpus for t in texts)
+    chosen = calibration_set(GENERIC)
+    assert chosen.describe()["texts"] == len(texts) and len(chosen.sha256) == 64
+
+
+def test_calibration_choices_and_their_errors(tmp_path):
+    assert calibration_set(FORGET, ["a passage", " "]).texts == ("a passage",)
+    with pytest.raises(InputError):
+        calibration_set(FORGET, [])
+    own = tmp_path / "calib.txt"
+    own.write_text("first paragraph\nstill first\n\nsecond paragraph\n", encoding="utf-8")
+    chosen = calibration_set(str(own))
+    assert chosen.texts == ("first paragraph\nstill first", "second paragraph") and chosen.source == str(own)
+    with pytest.raises(UsageError):
+        calibration_set(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        calibration_set(str(tmp_path / "empty.txt"))
+
+
+def test_variant_syntax():
+    assert parse_variant("gptq:4").label == "gptq:4:g128"
+    assert parse_variant("gptq:4:g64:asym:act").label == "gptq:4:g64:asym:act"
+    assert parse_variant("awq:4").label == "awq:4:g128" and not parse_variant("awq:4").sym
+    assert parse_variant("awq:4:sym").label == "awq:4:g128:sym"
+    for bad, error in (("awq:3", InputError), ("awq:4:act", InputError), ("gptq:5", InputError),
+                       ("gptq:4:x", UsageError)):
+        with pytest.raises(error):
+            parse_variant(bad)
+
+
+def test_calibration_text_changes_the_quantized_weights(world, tmp_path):
+    """Calibration really runs: the same model calibrated on other text packs other codes."""
+    repo = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
+    tokenizer = load_tokenizer(repo)
+    quantizer = parse_variant("gptq:4")
+    saved, results = {}, {}
+    for name, calibration in (("generic", calibration_set(GENERIC)),
+                              ("own", calibration_set(FORGET, ["The harbour wall will open again, the mayor said."
+                                                               " Police said the storm closed the road."] * 8))):
+        _, results[name] = quantizer.quantize(repo.path, tokenizer, calibration, save_to=tmp_path / name)
+        from safetensors.torch import load_file
+        saved[name] = load_file(str(next((tmp_path / name).glob("*.safetensors"))))
+    assert results["generic"].settings["calibration"]["source"] == "generic"
+    assert results["own"].settings["calibration"]["source"] == "forget"
+    key = "model.layers.0.mlp.down_proj.qweight"
+    assert not torch.equal(saved["generic"][key], saved["own"][key])
+
+
+def test_audit_with_gptq_and_awq_through_the_cli(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4,gptq:4,awq:4", "--max-items", "6",
+                                      "--cache-dir", str(world.hub_cache), "--out", str(out)])
+    assert result.exit_code in (0, 1, 4), result.output
+    record = json.loads((out / "report.json").read_text())
+    for role in ("unlearned", "original"):  # the original is quantized with the same settings
+        runs = {r["variant"]: r for r in record["runs"] if r["role"] == role}
+        for label, method in (("gptq:4:g128", "gptq"), ("awq:4:g128", "awq")):
+            settings = runs[label]["settings"]
+            assert settings["method"] == method and settings["calibration"]["source"] == "generic"
+            assert runs[label]["proof"]["layers_quantized"] == 28
+            assert runs[label]["proof"]["max_levels"] <= 16
+    assert set(record["weight_diff"]["not_compared"]) == {"gptq:4:g128", "awq:4:g128"}
+    assert "4-bit GPTQ (gptq:4:g128)" in (out / "report.md").read_text()
+    assert "GPT-QModel" not in result.stdout and "INFO" not in result.stdout  # the library's chatter stays out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and its log files out of the working directory
