@@ -18,6 +18,8 @@ os.environ.pop("HF_TOKEN", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The miniature is built inside the checkout (ignored by git): a fresh clone, as in CI, builds it anew.
 os.environ.setdefault("UNLEARN_AUDIT_HOME", str(Path(__file__).resolve().parent.parent / ".test-cache"))
+# Probe results are cached per session only: every test session computes what it checks.
+os.environ["UNLEARN_AUDIT_RESULTS"] = tempfile.mkdtemp(prefix="unlearn-audit-test-results-")
 
 import pytest  # noqa: E402
 

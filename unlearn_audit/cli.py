@@ -179,6 +179,17 @@ def check(
         help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
              "code does (0.9).")] = None,
     device: DeviceOpt = "cpu",
+    dtype: Annotated[str, typer.Option(
+        help="Weights and activations of full-precision runs: auto (float32 on CPU, bfloat16 on GPU), float32, "
+             "bfloat16 or float16.")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(
+        help="auto: spread a model too large for one GPU over all of them (accelerate).")] = None,
+    cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", help="Reuse probe results of earlier runs with the same model revision, variant, "
+                                   "probe settings, data and tool version (and store new ones).")] = True,
+    results_dir: Annotated[Optional[Path], typer.Option(
+        "--results-dir", help="Result cache folder (default: $UNLEARN_AUDIT_RESULTS, else "
+                              "~/.cache/unlearn_audit/results).")] = None,
     calibration: Annotated[str, typer.Option(
         help="Calibration text for gptq/awq: generic (shipped corpus), forget (the forget set: a stronger "
              "attack, only when asked) or a text file (paragraphs separated by blank lines).")] = "generic",
@@ -202,6 +213,7 @@ def check(
             thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
             probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed, flavour=flavour,
                                  sample_temperature=sample_temperature), device=device,
+            dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
             calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)

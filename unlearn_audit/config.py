@@ -10,6 +10,7 @@ from .errors import UsageError
 
 DEFAULT_QUANT = ("rtn:8", "rtn:4")
 DEFAULT_FORMATS = ("json", "md", "html")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 KNOWN_FORMATS = ("json", "md", "html", "junit")
 
 
@@ -71,6 +72,16 @@ class ProbeSettings:
             raise UsageError(f"sampling temperature {self.sample_temperature} is not positive",
                              "give a temperature above 0, e.g. 0.9, or leave it out for greedy decoding")
 
+    def cache_key(self) -> dict[str, Any]:
+        """The settings probe results depend on (batch size does not: batched equals one-at-a-time; the
+        bootstrap runs on cached items; the seed matters only when sampling)."""
+        key = asdict(self)
+        for name in ("batch_size", "bootstrap_resamples", "max_items"):  # max_items: in the probed texts
+            key.pop(name)
+        if self.sample_temperature is None:
+            key.pop("seed")
+        return key
+
     @property
     def rouge_stemmer(self) -> bool:
         return FLAVOURS[self.flavour]["rouge_stemmer"]
@@ -99,6 +110,14 @@ class AuditConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
     device: str = "cpu"
+    dtype: str = "auto"
+    """``auto`` (float32 on CPU, bfloat16 on accelerators), ``float32``, ``bfloat16`` or ``float16``."""
+    device_map: str | None = None
+    """``auto``: spread a model too large for one device over all of them (accelerate)."""
+    cache_results: bool = True
+    """Reuse and store probe results in the result cache (see unlearn_audit.cache)."""
+    results_dir: Path | None = None
+    """The result cache folder (default ``$UNLEARN_AUDIT_HOME/results`` or ``~/.cache/unlearn_audit/results``)."""
     calibration: str = "generic"
     """Calibration text for GPTQ/AWQ: ``generic`` (shipped corpus), ``forget`` (only when asked), or a file."""
     calibration_tokens: int = 512
@@ -120,11 +139,22 @@ class AuditConfig:
                              f"use some of {', '.join(KNOWN_FORMATS)}")
         if self.forget is not None and self.spec_path is not None:
             raise UsageError("both --forget and --spec given", "pass only one of them")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}")
+        if self.device_map not in (None, "auto"):
+            raise UsageError(f"unknown device map '{self.device_map}'", "use --device-map auto, or leave it out")
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The dtype every full-precision run uses."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.device.startswith("cpu") and self.device_map is None else "bfloat16"
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready view for the report (paths as strings)."""
         data = asdict(self)
-        for key in ("spec_path", "out_dir", "cache_dir"):
+        for key in ("spec_path", "out_dir", "cache_dir", "results_dir"):
             if data[key] is not None:
                 data[key] = str(data[key])
         data["quant"] = list(self.quant)

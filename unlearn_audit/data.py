@@ -70,6 +70,14 @@ class ForgetData:
     privleak_forget: list[str]
     privleak_holdout: list[str]
 
+    def texts(self) -> dict[str, list[str]]:
+        """Every text the probes read, by part (what the result cache keys on)."""
+        return {"verbmem_prompts": self.verbmem_prompts, "verbmem_refs": self.verbmem_refs,
+                **{f"{name}_{part}": getattr(qa, part) for name, qa in (("knowmem_forget", self.knowmem_forget),
+                                                                     ("knowmem_retain", self.knowmem_retain))
+                   for part in ("questions", "answers", "icl_questions", "icl_answers")},
+                "privleak_forget": self.privleak_forget, "privleak_holdout": self.privleak_holdout}
+
     def counts(self) -> dict[str, int]:
         return {"verbmem": len(self.verbmem_prompts), "knowmem_forget": len(self.knowmem_forget.questions),
                 "knowmem_retain": len(self.knowmem_retain.questions),

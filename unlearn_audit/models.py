@@ -22,6 +22,42 @@ class LoadedModel:
     repo: ResolvedRepo
     dtype: str
     n_parameters: int
+    device_map: str | None = None
+
+
+def linear_weight_names(model: Any) -> list[str]:
+    from torch import nn
+
+    return [f"{name}.weight" for name, module in model.named_modules() if type(module) is nn.Linear]
+
+
+def restorable(model: Any, folder: Path) -> bool:
+    """Whether every linear weight of ``model`` is stored in ``folder``'s safetensors under its own name
+    (so :func:`restore_weights` can undo an in-place quantization)."""
+    from .weights import tensor_index
+
+    try:
+        index = tensor_index(folder)
+    except InputError:
+        return False
+    return all(name in index for name in linear_weight_names(model))
+
+
+def restore_weights(model: Any, folder: Path) -> None:
+    """Put the checkpoint's values back into ``model``'s linear weights (after an in-place quantization),
+    streaming one tensor at a time from safetensors, so a variant needs no second copy of the model.
+    Call only where :func:`restorable` holds."""
+    import torch
+
+    from .weights import load_tensor, tensor_index
+
+    index = tensor_index(folder)
+    names = linear_weight_names(model)
+    with torch.no_grad():
+        for name in names:
+            param = model.get_parameter(name)
+            param.copy_(load_tensor(index[name], name).to(dtype=param.dtype, device=param.device))
+    return True
 
 
 def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, label: str | None = None) -> None:
@@ -70,10 +106,12 @@ def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> An
                          "the repo must hold its tokenizer files") from None
 
 
-def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-               allow_pickle: bool = False, tokenizer: Any = None, quantization_config: Any = None) -> LoadedModel:
+def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+               trust_remote_code: bool = False, allow_pickle: bool = False, tokenizer: Any = None,
+               quantization_config: Any = None) -> LoadedModel:
     """Load a causal LM (and its tokenizer, unless given) from a resolved folder, safely; with
-    ``quantization_config``, transformers quantizes it while loading (bitsandbytes, GPTQ...)."""
+    ``quantization_config``, transformers quantizes it while loading (bitsandbytes, GPTQ...).
+    ``device_map="auto"`` spreads a model too large for one device over the available ones (accelerate)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -88,6 +126,8 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
             extra["quantization_config"] = quantization_config
             if device != "cpu":
                 extra["device_map"] = {"": device}
+        if device_map is not None:
+            extra["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(
             repo.path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
             use_safetensors=True if has_safetensors else False, **extra)
@@ -105,10 +145,10 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
                              "re-download the model; check disk and memory") from None
     if tokenizer is None:
         tokenizer = load_tokenizer(repo, trust_remote_code=trust_remote_code)
-    if quantization_config is None:
+    if quantization_config is None and device_map is None:
         model.to(device)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype,
+    return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype, device_map=device_map,
                        n_parameters=sum(p.numel() for p in model.parameters()))
 
 

@@ -22,13 +22,16 @@ from .config import AuditConfig
 from .data import ForgetData, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
 from .hub import ResolvedRepo, card_metadata, base_model_of, resolve
-from .models import check_files, check_same_tokenizer, load_model, load_tokenizer
+from .cache import CachedRun, ResultCache, default_dir, fingerprint_folder, texts_digest
+from .models import (LoadedModel, check_files, check_same_tokenizer, load_model, load_tokenizer, restorable,
+                     restore_weights)
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import Engine
-from .calibration import FORGET, calibration_set
+from .calibration import FORGET, CalibrationSet, calibration_set
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.bnb import quiet_bnb_warnings
+from .resources import peak_accelerator_mb, peak_rss_mb
 from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
@@ -118,6 +121,39 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     return outputs
 
 
+def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loaded: LoadedModel, data: ForgetData,
+                 calibration: CalibrationSet | None, config: AuditConfig, reporter: Reporter) -> CachedRun:
+    """Build one variant of a loaded model and run every probe on it."""
+    t = time.time()
+    model, settings, proof = loaded.model, None, None
+    if quantizer is not None:
+        if quantizer.stage == "load":  # the library quantizes while loading, as users run it
+            model = load_model(repo, device=config.device, dtype=loaded.dtype, device_map=config.device_map,
+                               trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                               tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
+        elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
+            reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
+            model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
+                                               trust_remote_code=config.trust_remote_code)
+        elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
+            model = loaded.model
+        else:
+            model = copy.deepcopy(loaded.model)
+        if quantizer.stage != "calibrate":
+            result = quantizer.apply(model)
+        settings, proof = result.settings, result.proof.as_dict()
+    label = FULL if quantizer is None else quantizer.label
+    truncated = {"generate": 0, "score": 0}
+    try:
+        probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
+                            truncated)
+    finally:
+        if model is loaded.model and quantizer is not None:
+            restore_weights(loaded.model, repo.path)
+    return CachedRun(probes=probes, settings=settings, proof=proof, truncated=truncated,
+                     seconds=round(time.time() - t, 2), n_parameters=loaded.n_parameters)
+
+
 def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     """Run one audit end to end and return its record (nothing is written; see :func:`write_reports`)."""
     reporter = reporter or SilentReporter()
@@ -180,38 +216,51 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     runs: list[VariantRun] = []
     models: dict[str, dict[str, Any]] = {}
     truncated = {"generate": 0, "score": 0}
+    cache = ResultCache(None if not config.cache_results else (config.results_dir or default_dir()))
+    dtype = config.resolved_dtype
+    shared_key = {"probes": config.probes.cache_key(), "dtype": dtype, "device": config.device.split(":")[0],
+                  "data": texts_digest(data.texts())}
+    reused, computed = [], []
     for role, repo, how in roles:
-        reporter.note(f"loading {role} model {repo.reference}")
-        loaded = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
-                            allow_pickle=config.allow_pickle, tokenizer=tokenizers[role])
-        models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": loaded.n_parameters,
-                        "dtype": loaded.dtype}
-        for quantizer in [None, *quantizers] if role != "retrain" else [None]:
-            t = time.time()
-            model, settings, proof = loaded.model, None, None
-            if quantizer is not None:
-                if quantizer.stage == "load":  # the library quantizes while loading, as users run it
-                    model = load_model(repo, device=config.device, trust_remote_code=config.trust_remote_code,
-                                       allow_pickle=config.allow_pickle, tokenizer=loaded.tokenizer,
-                                       quantization_config=quantizer.load_config()).model
-                elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
-                    reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
-                    model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration,
-                                                       device=config.device, trust_remote_code=config.trust_remote_code)
-                else:
-                    model = copy.deepcopy(loaded.model)
-                if quantizer.stage != "calibrate":
-                    result = quantizer.apply(model)
-                settings, proof = result.settings, result.proof.as_dict()
+        model_id = {"commit": repo.commit} if repo.commit else fingerprint_folder(repo.path)
+        variants = [None, *quantizers] if role != "retrain" else [None]
+        keys, cached = {}, {}
+        for quantizer in variants:
             label = FULL if quantizer is None else quantizer.label
-            probes = run_probes(model, loaded.tokenizer, data, config, reporter,
-                                f"{role} · {variant_name(label)}", truncated)
-            outputs.setdefault(role, {})[label] = probes
-            runs.append(VariantRun(role=role, variant=label, settings=settings, proof=proof, metrics={},
-                                   details={m: o.details for m, o in probes.items()},
-                                   items={m: [i.as_dict() for i in o.items] for m, o in probes.items()},
-                                   seconds=round(time.time() - t, 2)))
-            del model
+            settings = None if quantizer is None else quantizer.settings()
+            if quantizer is not None and quantizer.stage == "calibrate":
+                settings = {**settings, "calibration": calibration.describe()}
+            keys[label] = cache.key({"model": model_id, "variant": label, "settings": settings, **shared_key})
+            hit = cache.load(keys[label])
+            if hit is not None:
+                cached[label] = hit
+        loaded = None
+        if len(cached) < len(variants):
+            reporter.note(f"loading {role} model {repo.reference}")
+            loaded = load_model(repo, device=config.device, dtype=dtype, device_map=config.device_map,
+                                trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                                tokenizer=tokenizers[role])
+        if cached:
+            reporter.note(f"{role}: reusing {len(cached)} of {len(variants)} cached results")
+        full_run = cached.get(FULL)
+        n_parameters = loaded.n_parameters if loaded is not None else (full_run.n_parameters if full_run else None)
+        models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": n_parameters, "dtype": dtype}
+        for quantizer in variants:
+            label = FULL if quantizer is None else quantizer.label
+            run = cached.get(label)
+            if run is None:
+                run = _compute_run(quantizer, role, repo, loaded, data, calibration, config, reporter)
+                cache.store(keys[label], run)
+                computed.append(f"{role}/{label}")
+            else:
+                reused.append(f"{role}/{label}")
+            for key, count in run.truncated.items():
+                truncated[key] += count
+            outputs.setdefault(role, {})[label] = run.probes
+            runs.append(VariantRun(role=role, variant=label, settings=run.settings, proof=run.proof, metrics={},
+                                   details={m: o.details for m, o in run.probes.items()},
+                                   items={m: [i.as_dict() for i in o.items] for m, o in run.probes.items()},
+                                   seconds=run.seconds))
         del loaded
         gc.collect()
 
@@ -251,6 +300,11 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                      "packages": _versions(), "argv0": Path(sys.argv[0]).name},
         truncated=truncated,
         duration_seconds=round(time.time() - started, 1),
+        execution={"device": config.device, "device_map": config.device_map, "dtype": dtype,
+                   "batch_size": config.probes.batch_size, "peak_rss_mb": peak_rss_mb(),
+                   "peak_accelerator_mb": peak_accelerator_mb(),
+                   "cache": {"dir": None if cache.root is None else str(cache.root), "reused": reused,
+                             "computed": computed}},
         notes=notes,
         weight_diff=diagnostic,
     )

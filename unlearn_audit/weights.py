@@ -22,7 +22,7 @@ from .quantize import Quantizer
 _SKIP = ("lm_head", "embed", "wte", "wpe", "norm", "ln_")
 
 
-def _tensor_index(folder: Path) -> dict[str, Path]:
+def tensor_index(folder: Path) -> dict[str, Path]:
     """tensor name -> safetensors file, from the files' headers only."""
     from safetensors import safe_open
 
@@ -37,7 +37,7 @@ def _tensor_index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def _load(path: Path, name: str) -> torch.Tensor:
+def load_tensor(path: Path, name: str) -> torch.Tensor:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -82,7 +82,7 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
                 advance=None) -> WeightDiff:  # noqa: ANN001
     """Compare two checkpoints' linear weights under each fixed-grid quantizer."""
     usable = [q for q in quantizers if q.fixed_grid]
-    u_index, o_index = _tensor_index(unlearned), _tensor_index(original)
+    u_index, o_index = tensor_index(unlearned), tensor_index(original)
     names = [n for n in u_index if n.endswith(".weight") and not any(s in n for s in _SKIP)]
     missing = [n for n in names if n not in o_index]
     if missing:
@@ -94,7 +94,7 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
                                       if not q.fixed_grid})
     totals = {q.label: {"numel": 0, "moved": 0, "same": 0, "same_moved": 0, "num": 0.0, "den": 0.0} for q in usable}
     for name in names:
-        u, o = _load(u_index[name], name), _load(o_index[name], name)
+        u, o = load_tensor(u_index[name], name), load_tensor(o_index[name], name)
         if u.ndim != 2 or u.shape != o.shape:
             continue
         moved = u != o

@@ -83,8 +83,9 @@ class MiniatureWorld:
 
 def default_root() -> Path:
     """``$UNLEARN_AUDIT_HOME/miniature``, else ``~/.cache/unlearn_audit/miniature``."""
-    base = os.environ.get("UNLEARN_AUDIT_HOME")
-    return (Path(base) if base else Path.home() / ".cache" / "unlearn_audit") / "miniature"
+    from ..cache import home
+
+    return home() / "miniature"
 
 
 def icl_pairs(docs: list[Document]):  # noqa: ANN201

@@ -70,6 +70,10 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     weight_diff: dict[str, Any] | None = None
     """The weight-level diagnostic (see unlearn_audit.weights), when both checkpoints are safetensors."""
+    execution: dict[str, Any] | None = None
+    """How this audit ran: device, dtype, batch size, peak memory, which runs came from the result cache.
+    With ``created_at``, ``duration_seconds`` and each run's ``seconds``, these are the only fields that
+    differ between two runs of the same audit (see :data:`VOLATILE`)."""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +94,18 @@ class AuditReport:
             return cls(**fields)
         except TypeError as exc:
             raise InputError(f"the record is not a complete audit record ({exc})", "pass a report.json this tool wrote") from None
+
+
+VOLATILE = ("created_at", "duration_seconds", "execution")
+"""Top-level fields that describe one execution rather than the audit's results."""
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without what differs between executions of the same audit (timings, memory, cache use):
+    two audits with equal settings must give equal comparable records, cached, resumed or not."""
+    data = {k: v for k, v in record.items() if k not in VOLATILE}
+    data["runs"] = [{k: v for k, v in run.items() if k != "seconds"} for run in record["runs"]]
+    return data
 
 
 def read_report(path: Path) -> AuditReport:

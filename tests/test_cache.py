@@ -1,0 +1,112 @@
+"""The result cache: exact round trip, what its key covers, reuse across audits, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from unlearn_audit.cache import CachedRun, ResultCache
+from unlearn_audit.config import ProbeSettings
+from unlearn_audit.probes.base import ItemScore, ProbeOutput
+from unlearn_audit.report.record import comparable
+
+
+def test_entries_round_trip_exactly(tmp_path):
+    items = [ItemScore("verbmem/forget/0", 0.1 + 0.2, "p", "r", "g", {"recall": 1 / 3, "split": "forget"}),
+             ItemScore("privleak/forget/1", float("nan"), extra={"minkpp": float("-inf"), "tokens": 7})]
+    run = CachedRun(probes={"verbmem_f": ProbeOutput("verbmem_f", "mean", items, {"max_new_tokens": 128})},
+                    settings={"method": "rtn"}, proof={"layers_quantized": 28}, truncated={"generate": 1, "score": 0},
+                    seconds=1.5, n_parameters=123)
+    cache = ResultCache(tmp_path)
+    cache.store("ab" * 32, run)
+    back = cache.load("ab" * 32)
+    got = back.probes["verbmem_f"].items
+    assert got[0].score == 0.1 + 0.2 and got[0].extra["recall"] == 1 / 3
+    assert math.isnan(got[1].score) and got[1].extra["minkpp"] == float("-inf") and got[1].extra["tokens"] == 7
+    assert (back.settings, back.proof, back.truncated, back.n_parameters) == (run.settings, run.proof, run.truncated, 123)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    (tmp_path / "cd" / ("cd" * 32 + ".json")).parent.mkdir()
+    (tmp_path / "cd" / ("cd" * 32 + ".json")).write_text("{not json")
+    assert cache.load("cd" * 32) is None  # a damaged entry is recomputed, never trusted
+    assert ResultCache(None).load("ab" * 32) is None
+
+
+def test_key_covers_what_results_depend_on():
+    base = {"model": {"commit": "a" * 40}, "variant": "rtn:4:g128", "settings": {"bits": 4},
+            "probes": ProbeSettings().cache_key(), "data": "d", "dtype": "float32", "device": "cpu"}
+    key = ResultCache.key(base)
+    assert ResultCache.key(dict(base)) == key
+    for change in ({"model": {"commit": "b" * 40}}, {"settings": {"bits": 3}}, {"data": "e"}, {"dtype": "bfloat16"},
+                   {"probes": ProbeSettings(flavour="open-unlearning").cache_key()},
+                   {"probes": ProbeSettings(sample_temperature=0.9).cache_key()}):
+        assert ResultCache.key({**base, **change}) != key, change
+    # batch size does not change results (batched == one-at-a-time, tested in test_engine.py), nor does the
+    # bootstrap seed when decoding is greedy
+    assert ProbeSettings(batch_size=3, seed=5).cache_key() == ProbeSettings().cache_key()
+    assert ProbeSettings(sample_temperature=0.9, seed=5).cache_key() != ProbeSettings(sample_temperature=0.9).cache_key()
+
+
+def _cli(world, out: Path, results: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "UNLEARN_AUDIT_RESULTS": str(results)}
+    return subprocess.Popen([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/fragile", "--quant", "rtn:4",
+                             "--max-items", "20", "--cache-dir", str(world.hub_cache), "--out", str(out), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.json")) if folder.exists() else []
+
+
+def test_killed_audit_resumes_with_only_what_was_missing_and_the_same_record(world, tmp_path):
+    out = tmp_path / "out"
+    # an uninterrupted audit, as the reference
+    ref = _cli(world, out, tmp_path / "fresh")
+    assert ref.wait(timeout=600) == 1, ref.stderr.read()
+    reference = json.loads((out / "report.json").read_text())
+    assert len(reference["execution"]["cache"]["computed"]) == 5  # unlearned and original x 2, retrain
+
+    # the same audit, killed once two results are in the cache
+    results = tmp_path / "results"
+    proc = _cli(world, out, results)
+    deadline = time.time() + 600
+    while len(_entries(results)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_entries(results))
+    assert 2 <= done < 5, f"{done} results cached when killed"
+    for entry in _entries(results):  # nothing half-written under an entry's name
+        json.loads(entry.read_text())
+
+    again = _cli(world, out, results)
+    assert again.wait(timeout=600) == 1, again.stderr.read()
+    resumed = json.loads((out / "report.json").read_text())
+    cache = resumed["execution"]["cache"]
+    assert len(cache["reused"]) == done and len(cache["computed"]) == 5 - done
+    assert comparable(resumed) == comparable(reference)
+
+    # a third run computes nothing and still gives the same record
+    third = _cli(world, out, results)
+    assert third.wait(timeout=600) == 1
+    record = json.loads((out / "report.json").read_text())
+    assert record["execution"]["cache"]["computed"] == [] and comparable(record) == comparable(reference)
+
+
+def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp_path):
+    results = tmp_path / "results"
+    first = _cli(world, tmp_path / "a", results)
+    assert first.wait(timeout=600) == 1
+    env = {**os.environ, "UNLEARN_AUDIT_RESULTS": str(results)}
+    robust = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/robust", "--quant", "rtn:4",
+                             "--max-items", "20", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "b")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert robust.returncode == 0, robust.stderr
+    cache = json.loads((tmp_path / "b" / "report.json").read_text())["execution"]["cache"]
+    assert sorted(cache["reused"]) == ["original/full", "original/rtn:4:g128", "retrain/full"]
+    assert sorted(cache["computed"]) == ["unlearned/full", "unlearned/rtn:4:g128"]

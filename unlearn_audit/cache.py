@@ -1,0 +1,140 @@
+"""On-disk cache of probe results, one file per (model, variant) run.
+
+A run's key covers everything its results depend on: the model's revision (the commit SHA, or for a local
+folder the names, sizes and modification times of its files), the variant's settings (method, bits,
+library version, calibration text hash...), the probe settings, the probed texts themselves (so the
+dataset revision, the spec's splits and --max-items are all in it), the dtype and device type, and the
+tool's version and source code. Batch size is not: batched results equal one-at-a-time results (tested).
+
+So a re-run reuses what it can, the original's runs are shared by audits of many unlearned checkpoints
+of it, and an audit killed half-way finishes only what was missing. Entries are written atomically
+(temporary file + rename): a kill never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import RuntimeFailure
+from .probes.base import ItemScore, ProbeOutput
+from .report.record import write_atomic
+
+CACHE_FORMAT = 1
+
+
+def home() -> Path:
+    """``$UNLEARN_AUDIT_HOME``, else ``~/.cache/unlearn_audit``: where the tool keeps what it builds."""
+    base = os.environ.get("UNLEARN_AUDIT_HOME")
+    return Path(base) if base else Path.home() / ".cache" / "unlearn_audit"
+
+
+def default_dir() -> Path:
+    """``$UNLEARN_AUDIT_RESULTS``, else ``<home>/results``."""
+    base = os.environ.get("UNLEARN_AUDIT_RESULTS")
+    return Path(base) if base else home() / "results"
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 of this package's Python sources: a development checkout whose code changed does not reuse
+    results computed by other code under the same version number."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint_folder(folder: Path) -> dict[str, Any]:
+    """A local folder's identity without reading its weights: file names, sizes, modification times."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {"files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def texts_digest(groups: dict[str, list[str]]) -> str:
+    """SHA-256 of every probed text, in order, split by split."""
+    digest = hashlib.sha256()
+    for name in sorted(groups):
+        digest.update(name.encode() + b"\1")
+        for text in groups[name]:
+            digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass
+class CachedRun:
+    """What one (model, variant) run produced: the probes' outputs, the variant's settings and proof,
+    truncation counts and the wall time it took."""
+
+    probes: dict[str, ProbeOutput]
+    settings: dict[str, Any] | None
+    proof: dict[str, Any] | None
+    truncated: dict[str, int]
+    seconds: float
+    n_parameters: int | None = None
+
+    def to_json(self) -> str:
+        probes = {name: {"metric": out.metric, "kind": out.kind, "details": out.details,
+                         "items": [[i.item_id, i.score, i.prompt, i.reference, i.generation, i.extra]
+                                   for i in out.items]} for name, out in self.probes.items()}
+        # allow_nan: scores may be NaN or infinite and must come back exactly as they were
+        return json.dumps({"format": CACHE_FORMAT, "probes": probes, "settings": self.settings, "proof": self.proof,
+                           "truncated": self.truncated, "seconds": self.seconds,
+                           "n_parameters": self.n_parameters}, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedRun:
+        data = json.loads(text)
+        if data.get("format") != CACHE_FORMAT:
+            raise ValueError("other cache format")
+        probes = {name: ProbeOutput(metric=p["metric"], kind=p["kind"], details=p["details"],
+                                    items=[ItemScore(item_id=i[0], score=i[1], prompt=i[2], reference=i[3],
+                                                     generation=i[4], extra=i[5]) for i in p["items"]])
+                  for name, p in data["probes"].items()}
+        return cls(probes=probes, settings=data["settings"], proof=data["proof"], truncated=data["truncated"],
+                   seconds=data["seconds"], n_parameters=data.get("n_parameters"))
+
+
+@dataclass(frozen=True)
+class ResultCache:
+    """The cache folder (``None``: caching off)."""
+
+    root: Path | None
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps({"tool": __version__, "code": code_digest(), **parts}, sort_keys=True,
+                                         default=str)
+                              .encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}.json"
+
+    def load(self, key: str) -> CachedRun | None:
+        """The cached run, or None (also for an unreadable or foreign entry, which is then recomputed)."""
+        if self.root is None:
+            return None
+        path = self._path(key)
+        try:
+            return CachedRun.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+
+    def store(self, key: str, run: CachedRun) -> None:
+        if self.root is None:
+            return
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot create the result cache {path.parent}: {exc.strerror}",
+                                 "pass --cache-results to a writable folder, or --no-cache") from None
+        write_atomic(path, run.to_json())
