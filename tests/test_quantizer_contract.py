@@ -103,3 +103,18 @@ def test_survives_save_and_reload(original, variant, tmp_path):
     with torch.no_grad():
         after = reloaded(**ids).logits
     torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+
+
+def test_in_place_quantization_is_undone_from_the_checkpoint(world):
+    """The audit quantizes RTN variants on its one loaded copy and restores it from safetensors."""
+    from unlearn_audit.models import restorable, restore_weights
+
+    repo = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
+    loaded = load_model(repo)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    assert restorable(loaded.model, repo.path)
+    parse_variant("rtn:3:g64").apply(loaded.model)
+    assert any(not torch.equal(v, before[k]) for k, v in loaded.model.state_dict().items())
+    restore_weights(loaded.model, repo.path)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, before[k]), k

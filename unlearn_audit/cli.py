@@ -153,6 +153,15 @@ def _print_verdict(verdict: dict, files: dict[str, Path]) -> None:
         err.print(f"  {fmt:5s} {path}", soft_wrap=True)
 
 
+def _batch_size(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--batch-size '{text}' is neither a number nor auto", "give e.g. --batch-size 16") from None
+
+
 @app.command()
 def check(
     model: Annotated[str, typer.Argument(help="The unlearned model: Hub id (org/name) or local folder.")],
@@ -170,7 +179,9 @@ def check(
     max_residual: Annotated[float, typer.Option(help="FAIL when full precision keeps more than this share.")] = 0.5,
     min_gap: Annotated[float, typer.Option(help="Points by which the original must beat the reference.")] = 10.0,
     max_items: MaxItemsOpt = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Items per forward batch.")] = 16,
+    batch_size: Annotated[str, typer.Option(
+        help="Items per batch, or auto (from free GPU memory; 16 on CPU). Out of memory: halved and retried.")] = "auto",
+    engine: Annotated[str, typer.Option(help="Inference backend: hf (transformers).")] = "hf",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
     flavour: Annotated[str, typer.Option(
         help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
@@ -211,7 +222,8 @@ def check(
             model=model, revision=revision, original=original, original_revision=original_revision,
             forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
             thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
-            probes=ProbeSettings(max_items=max_items, batch_size=batch_size, seed=seed, flavour=flavour,
+            probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine, seed=seed,
+                                 flavour=flavour,
                                  sample_temperature=sample_temperature), device=device,
             dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
             calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,

@@ -61,13 +61,22 @@ class ProbeSettings:
     minkprob_k: float = 0.4
     max_items: int | None = None
     """Use only the first N items of each split (quick looks; recorded in the report)."""
-    batch_size: int = 16
+    batch_size: int | None = None
+    """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
+    engine: str = "hf"
+    """Inference backend (see unlearn_audit.probes.engine.ENGINES)."""
     bootstrap_resamples: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise UsageError(f"unknown metric flavour '{self.flavour}'", f"use one of {', '.join(FLAVOURS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"batch size {self.batch_size} is not positive", "give --batch-size 1 or more, or auto")
+        from .probes.engine import ENGINES
+
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine '{self.engine}'", f"use one of {', '.join(ENGINES)}")
         if self.sample_temperature is not None and self.sample_temperature <= 0:
             raise UsageError(f"sampling temperature {self.sample_temperature} is not positive",
                              "give a temperature above 0, e.g. 0.9, or leave it out for greedy decoding")

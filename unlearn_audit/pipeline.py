@@ -27,7 +27,7 @@ from .models import (LoadedModel, check_files, check_same_tokenizer, load_model,
                      restore_weights)
 from .probes import muse
 from .probes.base import ProbeOutput
-from .probes.engine import Engine
+from .probes.engine import ENGINES
 from .calibration import FORGET, CalibrationSet, calibration_set
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.bnb import quiet_bnb_warnings
@@ -97,14 +97,15 @@ def _versions() -> dict[str, str]:
 
 
 def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig, reporter: Reporter,
-               title: str, truncated: dict[str, int]) -> dict[str, ProbeOutput]:
+               title: str, truncated: dict[str, int], engine_stats: dict[str, Any] | None = None
+               ) -> dict[str, ProbeOutput]:
     """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant."""
     settings = config.probes
     total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
              + len(data.privleak_forget) + len(data.privleak_holdout))
     advance = reporter.task(title, total)
-    engine = Engine(model, tokenizer, batch_size=settings.batch_size, sample_temperature=settings.sample_temperature,
-                    seed=settings.seed)
+    engine = ENGINES[settings.engine](model, tokenizer, batch_size=settings.batch_size,
+                                      sample_temperature=settings.sample_temperature, seed=settings.seed)
     stem = settings.rouge_stemmer
     outputs = {
         "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
@@ -118,11 +119,14 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     }
     for key, count in engine.truncated.items():
         truncated[key] += count
+    if engine_stats is not None:
+        engine_stats[title] = {"batch_size": engine.batch_size, "oom_splits": engine.oom_splits}
     return outputs
 
 
 def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loaded: LoadedModel, data: ForgetData,
-                 calibration: CalibrationSet | None, config: AuditConfig, reporter: Reporter) -> CachedRun:
+                 calibration: CalibrationSet | None, config: AuditConfig, reporter: Reporter,
+                 engine_stats: dict[str, Any]) -> CachedRun:
     """Build one variant of a loaded model and run every probe on it."""
     t = time.time()
     model, settings, proof = loaded.model, None, None
@@ -146,7 +150,7 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
     truncated = {"generate": 0, "score": 0}
     try:
         probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
-                            truncated)
+                            truncated, engine_stats)
     finally:
         if model is loaded.model and quantizer is not None:
             restore_weights(loaded.model, repo.path)
@@ -220,7 +224,7 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     dtype = config.resolved_dtype
     shared_key = {"probes": config.probes.cache_key(), "dtype": dtype, "device": config.device.split(":")[0],
                   "data": texts_digest(data.texts())}
-    reused, computed = [], []
+    reused, computed, engine_stats = [], [], {}
     for role, repo, how in roles:
         model_id = {"commit": repo.commit} if repo.commit else fingerprint_folder(repo.path)
         variants = [None, *quantizers] if role != "retrain" else [None]
@@ -245,15 +249,25 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
         full_run = cached.get(FULL)
         n_parameters = loaded.n_parameters if loaded is not None else (full_run.n_parameters if full_run else None)
         models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": n_parameters, "dtype": dtype}
-        for quantizer in variants:
+        # Full precision and in-place variants first, on the loaded copy; then that copy is dropped before
+        # a library loads or builds its own quantized model: one model in memory at a time.
+        finished: dict[str, CachedRun] = {}
+        for quantizer in sorted(variants, key=lambda q: 0 if q is None else 1 if q.stage == "weights" else 2):
             label = FULL if quantizer is None else quantizer.label
             run = cached.get(label)
             if run is None:
-                run = _compute_run(quantizer, role, repo, loaded, data, calibration, config, reporter)
+                if quantizer is not None and quantizer.stage != "weights" and loaded.model is not None:
+                    loaded.model = None
+                    gc.collect()
+                run = _compute_run(quantizer, role, repo, loaded, data, calibration, config, reporter, engine_stats)
                 cache.store(keys[label], run)
                 computed.append(f"{role}/{label}")
             else:
                 reused.append(f"{role}/{label}")
+            finished[label] = run
+        for quantizer in variants:  # the record keeps the order the variants were asked for
+            label = FULL if quantizer is None else quantizer.label
+            run = finished[label]
             for key, count in run.truncated.items():
                 truncated[key] += count
             outputs.setdefault(role, {})[label] = run.probes
@@ -301,7 +315,8 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
         truncated=truncated,
         duration_seconds=round(time.time() - started, 1),
         execution={"device": config.device, "device_map": config.device_map, "dtype": dtype,
-                   "batch_size": config.probes.batch_size, "peak_rss_mb": peak_rss_mb(),
+                   "engine": config.probes.engine, "batch_size": config.probes.batch_size or "auto",
+                   "batches": engine_stats, "peak_rss_mb": peak_rss_mb(),
                    "peak_accelerator_mb": peak_accelerator_mb(),
                    "cache": {"dir": None if cache.root is None else str(cache.root), "reused": reused,
                              "computed": computed}},

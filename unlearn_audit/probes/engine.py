@@ -1,15 +1,22 @@
 """The batched inference engine every probe runs on: greedy generation and token log-probabilities.
 
-Batches are sorted by length (little padding); generation pads on the left, scoring on the right.
-Inputs longer than the model's context are truncated (generation keeps the end of the prompt, scoring
-keeps the start of the text) and counted in :attr:`Engine.truncated`, never a crash.
+Batches are sorted by length (little padding); generation pads on the left and uses the KV cache, each
+sequence stops at its first stop string (the batch stops when all have), scoring takes every token's
+log-probability from one forward pass per batch. Inputs longer than the model's context are truncated
+(generation keeps the end of the prompt, scoring keeps the start of the text) and counted in
+:attr:`Engine.truncated`, never a crash. A batch that runs out of accelerator memory is split in halves
+and retried (down to one item); the batch size stays halved for the rest of the run.
+
+The probes talk to an :class:`InferenceEngine`; :data:`ENGINES` maps ``--engine`` names to
+implementations (``hf``: transformers). A serving backend such as vLLM (which serves GPTQ, AWQ and
+bitsandbytes checkpoints) fits behind the same three members.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,17 +25,67 @@ Advance = Callable[[int], None]
 """Called with the number of items just finished."""
 
 
+class InferenceEngine(Protocol):
+    """What the probes need from a backend."""
+
+    tokenizer: Any
+    sample_temperature: float | None
+    seed: int
+    truncated: dict[str, int]
+
+    def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
+                 stops: tuple[str, ...] = ()) -> list[str]: ...
+
+    def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]: ...
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def auto_batch_size(model: Any, max_tokens: int, cap: int = 64) -> int:
+    """A batch size that fits the free accelerator memory: per sequence, the KV cache and two float32
+    copies of the logits over ``max_tokens`` positions, with 40% of free memory kept spare. CPU: 16."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 16
+    free, _ = torch.cuda.mem_get_info(device)
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", 32)
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 32)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = torch.finfo(next(model.parameters()).dtype).bits // 8 if next(model.parameters()).is_floating_point() else 2
+    per_token = 2 * layers * heads * head_dim * width + 2 * 4 * config.vocab_size
+    return max(1, min(cap, int(0.6 * free / (per_token * max_tokens))))
+
+
+class _StopStrings:
+    """Stopping criterion: a sequence is done once its new text contains a stop string."""
+
+    def __init__(self, tokenizer: Any, width: int, stops: tuple[str, ...]) -> None:
+        self.tokenizer, self.width, self.stops = tokenizer, width, stops
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        return torch.tensor([any(stop in text for stop in self.stops) for text in texts], device=input_ids.device)
+
+
 @dataclass
 class Engine:
     """Runs a causal LM over many prompts or texts in length-sorted batches (HF transformers backend)."""
 
     model: Any
     tokenizer: Any
-    batch_size: int = 16
+    batch_size: int | None = 16
+    """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
     sample_temperature: float | None = None
     """None: greedy decoding (MUSE). A temperature: sampling, as the quantization paper's fork does."""
     seed: int = 0
     truncated: dict[str, int] = field(default_factory=lambda: {"generate": 0, "score": 0})
+    oom_splits: int = 0
+    """How many times a batch ran out of memory and was split."""
 
     def __post_init__(self) -> None:
         self.device = next(self.model.parameters()).device
@@ -36,6 +93,28 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        if self.batch_size is None:
+            self.batch_size = auto_batch_size(self.model, self.context)
+
+    def _each_batch(self, encoded: list[list[int]], run: Callable[[list[int]], None]) -> None:
+        """``run`` over length-sorted batches; a batch that runs out of memory is split in halves and
+        retried, and later batches use the halved size."""
+        pending = self._batches(encoded)
+        while pending:
+            batch = pending.pop(0)
+            try:
+                run(batch)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or len(batch) == 1:
+                    raise
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                half = (len(batch) + 1) // 2
+                self.batch_size = max(1, min(self.batch_size, half))
+                self.oom_splits += 1
+                pending[:0] = [batch[:half], batch[half:]]
 
     def _pad(self, seqs: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(input ids, attention mask) of ``seqs`` padded to one width: on the left for generation (new
@@ -54,10 +133,13 @@ class Engine:
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None) -> list[str]:
+    def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
+                 stops: tuple[str, ...] = ()) -> list[str]:
         """Continuations of ``prompts`` (tokenised as the tokenizer does, BOS included): greedy, or
-        sampled at ``sample_temperature`` with a seed per batch (reproducible for the same settings)."""
-        from transformers import GenerationConfig
+        sampled at ``sample_temperature`` with a seed per batch (reproducible for the same settings).
+        With ``stops``, a sequence stops generating once its text contains one (the text is returned
+        whole; the caller cuts it), which with greedy decoding changes nothing before the stop."""
+        from transformers import GenerationConfig, StoppingCriteriaList
 
         eos = self.model.generation_config.eos_token_id
         if eos is None:
@@ -75,18 +157,22 @@ class Engine:
                 ids = ids[-limit:]
             encoded.append(ids)
         outputs: list[str] = [""] * len(prompts)
-        for batch in self._batches(encoded):
+
+        def run(batch: list[int]) -> None:
             ids, mask = self._pad([encoded[i] for i in batch], left=True)
             width = ids.shape[1]
             if self.sample_temperature is not None:
                 torch.manual_seed(self.seed + batch[0])
+            criteria = StoppingCriteriaList([_StopStrings(self.tokenizer, width, stops)]) if stops else None
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      generation_config=config)
+                                      generation_config=config, stopping_criteria=criteria)
             texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for row, i in enumerate(batch):
                 outputs[i] = texts[row]
             if advance:
                 advance(len(batch))
+
+        self._each_batch(encoded, run)
         return outputs
 
     @torch.no_grad()
@@ -101,7 +187,8 @@ class Engine:
                 ids = ids[: self.context]
             encoded.append(ids)
         result: list[TokenStats] = [TokenStats(np.empty(0), np.empty(0), np.empty(0))] * len(texts)
-        for batch in self._batches(encoded):
+
+        def run(batch: list[int]) -> None:
             ids, mask = self._pad([encoded[i] for i in batch], left=False)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -116,7 +203,14 @@ class Engine:
                                        np.sqrt(np.clip(var[row, :n].astype(np.float64), 1e-6, None)))
             if advance:
                 advance(len(batch))
+
+        self._each_batch(encoded, run)
         return result
+
+
+ENGINES: dict[str, type] = {"hf": Engine}
+"""``--engine`` names: ``hf`` runs the model with transformers (every quantizer's model is a transformers
+model). Add a backend by implementing :class:`InferenceEngine` and registering it here."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..data import QASet
 from ..scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
 from .base import ItemScore, ProbeOutput
-from .engine import Advance, Engine
+from .engine import Advance, InferenceEngine as Engine
 
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
 
@@ -54,7 +54,7 @@ def verbmem(engine: Engine, prompts: list[str], references: list[str], max_new_t
 def knowmem(engine: Engine, qa: QASet, metric: str, max_new_tokens: int = 32,
             advance: Advance | None = None, *, stemmer: bool = False) -> ProbeOutput:
     prompts = [knowmem_prompt(qa.icl_questions, qa.icl_answers, q) for q in qa.questions]
-    generations = [cut_at_stops(g) for g in engine.generate(prompts, max_new_tokens, advance)]
+    generations = [cut_at_stops(g) for g in engine.generate(prompts, max_new_tokens, advance, stops=KNOWMEM_STOPS)]
     items = []
     for i, (q, a, gen) in enumerate(zip(qa.questions, qa.answers, generations)):
         r = rouge_l(a, gen, use_stemmer=stemmer)
