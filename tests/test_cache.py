@@ -110,3 +110,23 @@ def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp
     cache = json.loads((tmp_path / "b" / "report.json").read_text())["execution"]["cache"]
     assert sorted(cache["reused"]) == ["original/full", "original/rtn:4:g128", "retrain/full"]
     assert sorted(cache["computed"]) == ["unlearned/full", "unlearned/rtn:4:g128"]
+
+
+def test_dtype_is_applied_recorded_and_part_of_the_key(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearn_audit.cli import app
+
+    records = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "4",
+                                          "--dtype", dtype, "--results-dir", str(tmp_path / "results"),
+                                          "--cache-dir", str(world.hub_cache), "--out", str(out)])
+        assert result.exit_code in (0, 1, 4), result.output
+        records[dtype] = json.loads((out / "report.json").read_text())
+    bf16 = records["bfloat16"]
+    assert bf16["models"]["unlearned"]["dtype"] == "bfloat16" and bf16["execution"]["dtype"] == "bfloat16"
+    assert bf16["execution"]["cache"]["reused"] == []  # float32 results are not reused for bfloat16
+    scores = {d: [i["score"] for i in r["runs"][0]["items"]["privleak"]] for d, r in records.items()}
+    assert scores["float32"] != scores["bfloat16"]  # the dtype really changed the computation
