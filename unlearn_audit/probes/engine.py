@@ -48,15 +48,15 @@ def auto_batch_size(model: Any, max_tokens: int, cap: int = 64) -> int:
     copies of the logits over ``max_tokens`` positions, with 40% of free memory kept spare. CPU: 16."""
     import torch
 
-    device = next(model.parameters()).device
-    if device.type != "cuda":
+    param = next(model.parameters())
+    if param.device.type != "cuda":
         return 16
-    free, _ = torch.cuda.mem_get_info(device)
+    free, _ = torch.cuda.mem_get_info(param.device)
     config = model.config
     layers = getattr(config, "num_hidden_layers", 32)
     heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 32)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    width = torch.finfo(next(model.parameters()).dtype).bits // 8 if next(model.parameters()).is_floating_point() else 2
+    width = param.element_size() if param.is_floating_point() else 2
     per_token = 2 * layers * heads * head_dim * width + 2 * 4 * config.vocab_size
     return max(1, min(cap, int(0.6 * free / (per_token * max_tokens))))
 

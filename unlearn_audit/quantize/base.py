@@ -83,13 +83,16 @@ class Quantizer(Protocol):
     def apply(self, model: nn.Module) -> QuantResult: ...
 
 
+def max_distinct(values: torch.Tensor) -> int:
+    """Largest number of distinct values along the last dimension, over every leading position."""
+    ordered, _ = torch.sort(values.detach(), dim=-1)
+    return int(((ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1) + 1).max().item())
+
+
 def count_levels_per_group(weight: torch.Tensor, group_size: int) -> int:
     """Largest number of distinct values in any group of ``group_size`` input columns."""
     out_features, in_features = weight.shape
-    groups = weight.detach().reshape(out_features, in_features // group_size, group_size)
-    ordered, _ = torch.sort(groups, dim=-1)
-    changes = (ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1) + 1
-    return int(changes.max().item())
+    return max_distinct(weight.reshape(out_features, in_features // group_size, group_size))
 
 
 def verify_proof(label: str, proof: QuantProof) -> QuantProof:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import QuantProof, QuantResult, verify_proof
+from .base import QuantProof, QuantResult, max_distinct, verify_proof
 
 INSTALL = "pip install 'bitsandbytes>=0.49'"
 
@@ -107,16 +107,14 @@ class BnbQuantizer:
                 if state.quant_type != self.kind or state.blocksize != 64:
                     continue
                 dense = bnb.functional.dequantize_4bit(module.weight.data, state).reshape(-1, state.blocksize)
-                ordered, _ = torch.sort(dense, dim=-1)
-                max_levels = max(max_levels, int(((ordered[:, 1:] != ordered[:, :-1]).sum(-1) + 1).max()))
+                max_levels = max(max_levels, max_distinct(dense))
                 groups += dense.shape[0]
                 quantized += 1
             elif isinstance(module, bnb.nn.Linear8bitLt) and self.kind == "int8":
                 weight = module.weight.data
                 if weight.dtype != torch.int8:
                     continue
-                ordered, _ = torch.sort(weight.to(torch.int16), dim=-1)
-                max_levels = max(max_levels, int(((ordered[:, 1:] != ordered[:, :-1]).sum(-1) + 1).max()))
+                max_levels = max(max_levels, max_distinct(weight.to(torch.int16)))
                 groups += weight.shape[0]
                 quantized += 1
             elif type(module) is nn.Linear:

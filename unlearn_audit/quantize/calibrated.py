@@ -23,7 +23,7 @@ from torch import nn
 
 from ..calibration import CalibrationSet
 from ..errors import InputError, QuantizationError
-from .base import QuantProof, QuantResult, verify_proof
+from .base import QuantProof, QuantResult, max_distinct, verify_proof
 
 INSTALL = "pip install -c constraints.txt 'unlearn-audit[gptq]' (GPT-QModel)"
 METHOD_NAMES = ("gptq", "awq")
@@ -120,9 +120,8 @@ def checkpoint_levels(folder: Path, bits: int, group_size: int, pack_axis: int) 
                          else torch.arange(in_features) // group_size)
                 order = torch.argsort(g_idx, stable=True)
                 sizes = [n for n in torch.bincount(g_idx).tolist() if n]
-                for block in torch.split(codes[order], sizes, dim=0):
-                    ordered, _ = torch.sort(block, dim=0)
-                    worst = max(worst, int(((ordered[1:] != ordered[:-1]).sum(0) + 1).max()))
+                for block in torch.split(codes[order], sizes, dim=0):  # [group members, out]
+                    worst = max(worst, max_distinct(block.T))
                     groups += block.shape[1]
                 layers += 1
     return layers, groups, worst
