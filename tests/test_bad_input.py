@@ -184,7 +184,7 @@ def test_pickle_beside_safetensors_is_never_loaded(world, tmp_path):
     marker = tmp_path / "pwned"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Planted(marker)))
     result = _invoke(world, ["check", str(folder), "--original", "miniature/original", "--quant", "rtn:8",
-                             "--max-items", "2", "--format", "json"], tmp_path / "o")
+                             "--max-items", "2", "--min-items", "1", "--format", "json"], tmp_path / "o")
     assert result.exit_code in (0, 1, 4), result.output
     assert not marker.exists()
 
@@ -216,9 +216,14 @@ def test_different_tokenizers(world, tmp_path):
     _assert_one_line_error(result, 2, "use different tokenizers", tmp_path / "o")
 
 
-def test_group_size_that_does_not_divide(world, tmp_path):
-    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:4:g96", "--max-items", "2"], tmp_path / "o")
-    _assert_one_line_error(result, 2, "group size 96 does not divide layer", tmp_path / "o")
+def test_group_size_that_does_not_divide_gives_a_shorter_last_group(world, tmp_path):
+    # The miniature's layers are 128 and 512 wide: groups of 96 leave a last group of 32 (GPTQ's rule).
+    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:4:g96", "--max-items", "2", "--min-items",
+                             "1", "--format", "json"], tmp_path / "o")
+    assert result.exit_code in (0, 1, 4), result.output
+    record = json.loads((tmp_path / "o" / "report.json").read_text())
+    proof = next(r["proof"] for r in record["runs"] if r["variant"] == "rtn:4:g96" and r["role"] == "unlearned")
+    assert proof["short_groups"] > 0 and proof["max_levels"] <= 16
 
 
 # ---- runtime faults -----------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def test_disk_full_while_writing_leaves_nothing_behind(world, tmp_path, monkeypa
 
     monkeypatch.setattr(record.os, "fsync", full)
     out = tmp_path / "o"
-    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8", "--max-items", "2"], out)
+    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8", "--max-items", "2", "--min-items", "1"], out)
     _assert_one_line_error(result, 3, "No space left on device", out)
     assert list(out.iterdir()) == []  # no report, no temporary file
 
@@ -268,7 +273,7 @@ def test_quantizer_library_missing_names_the_install_command(world, tmp_path, mo
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
     out = tmp_path / "o"
-    result = _invoke(world, ["check", "miniature/fragile", "--quant", "bnb:fp4", "--max-items", "2"], out)
+    result = _invoke(world, ["check", "miniature/fragile", "--quant", "bnb:fp4", "--max-items", "2", "--min-items", "1"], out)
     _assert_one_line_error(result, 2, "need the bitsandbytes package", out)
     assert "pip install 'bitsandbytes>=0.49'" in result.output
 
@@ -283,9 +288,9 @@ def test_allow_pickle_loads_a_bin_only_checkpoint(world, tmp_path):
     torch.save(state, folder / "pytorch_model.bin")  # transformers 5 always writes safetensors itself
     (folder / "model.safetensors").unlink()
     assert not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin"))
-    refused = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2"], tmp_path / "a")
+    refused = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2", "--min-items", "1"], tmp_path / "a")
     assert refused.exit_code == 2
-    allowed = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2", "--allow-pickle"],
+    allowed = _invoke(world, ["check", str(folder), "--quant", "rtn:4", "--max-items", "2", "--min-items", "1", "--allow-pickle"],
                       tmp_path / "b")
     assert allowed.exit_code in (0, 1, 4), allowed.output
     assert (tmp_path / "b" / "report.json").is_file()

@@ -55,7 +55,7 @@ def test_key_covers_what_results_depend_on():
 def _cli(world, out: Path, results: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "UNLEARN_AUDIT_RESULTS": str(results)}
     return subprocess.Popen([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/fragile", "--quant", "rtn:4",
-                             "--max-items", "20", "--cache-dir", str(world.hub_cache), "--out", str(out), *extra],
+                             "--max-items", "20", "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(out), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -104,7 +104,7 @@ def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp
     assert first.wait(timeout=600) == 1
     env = {**os.environ, "UNLEARN_AUDIT_RESULTS": str(results)}
     robust = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/robust", "--quant", "rtn:4",
-                             "--max-items", "20", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "b")],
+                             "--max-items", "20", "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "b")],
                             env=env, capture_output=True, text=True, timeout=600)
     assert robust.returncode == 0, robust.stderr
     cache = json.loads((tmp_path / "b" / "report.json").read_text())["execution"]["cache"]
@@ -120,7 +120,7 @@ def test_dtype_is_applied_recorded_and_part_of_the_key(world, tmp_path):
     records = {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
-        result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "4",
+        result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "4", "--min-items", "1",
                                           "--dtype", dtype, "--results-dir", str(tmp_path / "results"),
                                           "--cache-dir", str(world.hub_cache), "--out", str(out)])
         assert result.exit_code in (0, 1, 4), result.output

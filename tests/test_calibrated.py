@@ -101,7 +101,7 @@ def test_calibration_text_changes_the_quantized_weights(world, tmp_path):
 def test_audit_with_gptq_and_awq_through_the_cli(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4,gptq:4,awq:4", "--max-items", "6",
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4,gptq:4,awq:4", "--max-items", "6", "--min-items", "1",
                                       "--cache-dir", str(world.hub_cache), "--out", str(out)])
     assert result.exit_code in (0, 1, 4), result.output
     record = json.loads((out / "report.json").read_text())

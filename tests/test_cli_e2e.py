@@ -84,7 +84,7 @@ def test_inconclusive_when_the_original_never_knew(world, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("spec_version: 1\ndataset: miniature/news\noriginal: miniature/retrain\nretrain: miniature/retrain\n")
     result = runner.invoke(app, ["check", "miniature/retrain", "--spec", str(spec), "--quant", "rtn:4",
-                                 "--max-items", "8", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
+                                 "--max-items", "8", "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
     assert result.exit_code == 4, result.output
     assert _record(tmp_path / "o")["verdict"]["decision"] == "INCONCLUSIVE"
 

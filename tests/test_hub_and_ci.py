@@ -23,7 +23,7 @@ def test_check_with_only_a_dataset_repo(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(world.hub_cache))
     result = runner.invoke(app, ["check", "miniature/fragile", "--forget", "miniature/news", "--out", str(tmp_path),
-                                 "--quant", "rtn:4", "--max-items", "10"])
+                                 "--quant", "rtn:4", "--max-items", "10", "--min-items", "1"])
     assert result.exit_code == 1, result.output
     record = json.loads((tmp_path / "report.json").read_text())
     assert record["models"]["original"]["found_by"] == "from the model card's base_model"
@@ -64,7 +64,7 @@ def test_check_writes_junit_and_appends_the_step_summary(world, tmp_path, monkey
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = runner.invoke(app, ["check", "miniature/robust", "--quant", "rtn:4", "--max-items", "10",
+    result = runner.invoke(app, ["check", "miniature/robust", "--quant", "rtn:4", "--max-items", "10", "--min-items", "1",
                                  "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o"),
                                  "--junit", str(tmp_path / "junit.xml")])
     assert result.exit_code == 0, result.output

@@ -56,9 +56,29 @@ def test_min_off_grid_costs_at_most_half_a_step():
     torch.testing.assert_close(rtn_fake_quantize(w, 1, 2), torch.tensor([[0.0, 20.0]]))
 
 
-def test_group_must_divide_inputs():
-    with pytest.raises(InputError, match="does not divide"):
-        rtn_fake_quantize(torch.zeros(2, 6), 4, 4)
+def test_last_group_is_shorter_by_hand():
+    # 6 inputs, groups of 4 (GPTQ's rule: column // 4): [0, 1, 2, 3] and the short group [10, 40].
+    # 1 bit: group 1 scale 3, zero 0: 0,1 -> 0 and 2,3 -> round(.67), round(1) = 1 -> 0, 0, 3, 3.
+    # Group 2 (short): scale 30, zero round(-10/30) = 0: 10 -> round(.33) = 0 -> 0; 40 -> round(1.33) = 1 -> 30.
+    w = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0, 40.0]])
+    torch.testing.assert_close(rtn_fake_quantize(w, 1, 4), torch.tensor([[0.0, 0.0, 3.0, 3.0, 0.0, 30.0]]))
+    # a layer narrower than the group is one group per row
+    w = torch.tensor([[0.0, 0.5, 1.0]])
+    torch.testing.assert_close(rtn_fake_quantize(w, 1, 128), torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+def test_real_widths_quantize_and_are_proved():
+    # SmolLM2's 576 and stories260K's 172 with the default group of 128: groups 128x4 + 64, 128 + 44
+    for width in (576, 172, 64):
+        layer = nn.Linear(width, 3, bias=False)
+        torch.nn.init.normal_(layer.weight)
+        model = nn.Sequential(layer)
+        result = RTNQuantizer(bits=4, group_size=128).apply(model)
+        assert result.proof.max_levels <= 16
+        expected_groups = 3 * -(-width // 128)
+        assert result.proof.groups_checked == expected_groups
+        assert result.proof.short_groups == (3 if width % 128 else 0)
+        assert count_levels_per_group(layer.weight, 128) <= 16
 
 
 class Tiny(nn.Module):
@@ -91,12 +111,11 @@ def test_quantizer_is_idempotent_on_its_own_output():
         torch.testing.assert_close(v, once[k], rtol=0, atol=1e-6)
 
 
-def test_quantizer_rejects_bad_group_before_changing_anything():
-    model = Tiny()
-    before = model.up.weight.clone()
-    with pytest.raises(InputError, match="does not divide layer"):
-        RTNQuantizer(bits=4, group_size=16).apply(model)  # up has 8 inputs
-    torch.testing.assert_close(model.up.weight, before)
+def test_group_wider_than_a_layer_is_one_group_per_row():
+    model = Tiny()  # up has 8 inputs, down 16: with groups of 16, up is one short group per row
+    result = RTNQuantizer(bits=2, group_size=16).apply(model)
+    assert result.proof.short_groups == 16  # up's 16 rows
+    assert count_levels_per_group(model.up.weight, 8) <= 4
 
 
 def test_proof_fails_loudly():

@@ -93,3 +93,20 @@ def test_privleak_normalised_by_reference_auc():
     a = analyse(outputs, Reference("default", 0.5, "d"), min_gap=10, resamples=50)
     assert a.values["original"][FULL]["privleak_auc"].value == 0.0
     assert a.values["original"][FULL]["privleak"].value == pytest.approx(-100.0)
+
+
+def test_three_items_are_inconclusive_not_a_certain_fail(world, tmp_path):
+    """`--max-items 3` once gave `FAIL ... 100% [100%-100%]`: three items cannot decide."""
+    from typer.testing import CliRunner
+
+    from unlearn_audit.cli import app
+
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "3",
+                                      "--cache-dir", str(world.hub_cache), "--out", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 4, result.output
+    assert "only 3 items (fewer than 20), too few to decide" in result.output
+    import json
+
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert {s["status"] for s in record["recoveries"] + record["residuals"] if s["metric"] != "knowmem_r"} <= {
+        "too-few-items", "not-judged"}

@@ -82,6 +82,8 @@ class Analysis:
     """Per metric, M(original) - M(reference): how much the original knew."""
     residuals: list[Share] = field(default_factory=list)
     recoveries: list[Share] = field(default_factory=list)
+    n_items: dict[str, int] = field(default_factory=dict)
+    """Per metric, the items behind it (PrivLeak: the smaller of its forget and holdout sets)."""
 
 
 Outputs = dict[str, dict[str, dict[str, ProbeOutput]]]
@@ -187,6 +189,9 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
             continue
         ref_point, ref_samples = refs[name]
         result.reference[metric] = percentile_interval(ref_point, ref_samples)
+        out = outputs["original"][FULL][name.replace("_auc", "")]
+        result.n_items[metric] = (len(out.items) if out.kind == "mean"
+                                  else min(len(out.scores("forget")), len(out.scores("holdout"))))
         o_point, o_s = points[("original", FULL, name)]
         u_point, u_s = points[("unlearned", FULL, name)]
         result.gaps[metric] = o_point - ref_point

@@ -26,6 +26,9 @@ class Thresholds:
     min_gap: float = 10.0
     """A metric (on its 0-100 scale; AUC x 100 for PrivLeak) counts as known by the original only if
     the original beats the reference by at least this much; below it, the metric cannot judge."""
+    min_items: int = 20
+    """A metric measured on fewer items than this cannot make the verdict FAIL or PASS on its own (its
+    interval is too wide to trust; with 3 items every bootstrap resample can agree): INCONCLUSIVE."""
     judged: tuple[str, ...] = ("verbmem_f", "knowmem_f", "privleak")
     """Metrics whose recovery the verdict looks at. Utility (knowmem_r) is reported, never judged."""
 
@@ -37,6 +40,8 @@ class Thresholds:
                                  "give a share between 0 and 1, e.g. 0.25")
         if self.min_gap < 0:
             raise UsageError(f"--min-gap is {self.min_gap}, negative", "give a positive gap, e.g. 10")
+        if self.min_items < 1:
+            raise UsageError(f"--min-items is {self.min_items}", "give a positive count, e.g. 20")
 
 
 FLAVOURS = {
@@ -65,6 +70,9 @@ class ProbeSettings:
     """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
     engine: str = "hf"
     """Inference backend (see unlearn_audit.probes.engine.ENGINES)."""
+    chat_template: bool = False
+    """Apply the tokenizer's chat template to KnowMem questions (instruct models); also set by the spec's
+    ``chat_template``. Off by default, as MUSE."""
     bootstrap_resamples: int = 1000
     seed: int = 0
 
@@ -110,6 +118,10 @@ class AuditConfig:
     original: str | None = None
     """The original (pre-unlearning) model; default: the spec's, else the card's ``base_model``."""
     original_revision: str | None = None
+    tokenizer: str | None = None
+    """Tokenizer for every model (Hub id or folder); default: each model's own, else the spec's, else the
+    original's (see unlearn_audit.tokenization)."""
+    tokenizer_revision: str | None = None
     forget: str | None = None
     """A preset name (``news``, ``books``), a dataset repo id, or a local dataset folder."""
     spec_path: Path | None = None

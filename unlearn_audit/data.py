@@ -84,6 +84,13 @@ class ForgetData:
                 "privleak_forget": len(self.privleak_forget), "privleak_holdout": len(self.privleak_holdout)}
 
 
+def dataset_patterns(spec: ForgetSpec) -> list[str]:
+    """The files of a dataset repo an audit reads: only the configs the spec names, and the card."""
+    configs = sorted({spec.verbmem.config, spec.knowmem_forget.config, spec.knowmem_retain.config,
+                      spec.privleak.config})
+    return ["README.md", "*.yaml"] + [f"{c}/*.parquet" for c in configs]
+
+
 def load_forget_data(folder: Path, spec: ForgetSpec, max_items: int | None = None) -> ForgetData:
     vm = read_split(folder, spec.verbmem.config, spec.verbmem.split, ["prompt", "gt"], max_items)
 

@@ -13,10 +13,18 @@ from typing import Any
 
 from .errors import InputError, ResolutionError
 
-MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.md", "*.yaml", "*.tiktoken", "*.jinja"]
-"""Files fetched for a model: configs, safetensors weights, tokenizer files, card and spec. No code."""
+METADATA_FILES = ["*.json", "*.model", "*.txt", "*.md", "*.yaml", "*.tiktoken", "*.jinja"]
+"""Phase one of a model: configs, tokenizer files, card and spec (everything checked before any weight)."""
+WEIGHT_FILES = ["*.safetensors"]
 PICKLE_FILES = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl"]
+MODEL_FILES = METADATA_FILES + WEIGHT_FILES
+"""Files fetched for a model: configs, safetensors weights, tokenizer files, card and spec. No code."""
+SUBFOLDERS = ["*/*"]
+"""Ignored in model repos: ``checkpoint-*/`` folders of an uploaded Trainer output, other variants."""
 DATASET_FILES = ["*.parquet", "*.json", "*.md", "*.yaml"]
+TOKENIZER_FILES = ["tokenizer*", "*.model", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "*.tiktoken", "chat_template*", "config.json"]
+"""Files fetched for a tokenizer-only reference (``--tokenizer``, the spec's ``tokenizer``)."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,9 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def resolve(reference: str, *, kind: str = "model", revision: str | None = None, cache_dir: Path | None = None,
-            offline: bool | None = None, allow_pickle: bool = False) -> ResolvedRepo:
-    """Resolve ``reference`` to a local folder (downloading into the Hub cache when online)."""
+            offline: bool | None = None, allow_pickle: bool = False, patterns: list[str] | None = None) -> ResolvedRepo:
+    """Resolve ``reference`` to a local folder (downloading into the Hub cache when online); ``patterns``
+    narrows which files are fetched (default: everything an audit of that kind needs)."""
     local = Path(reference).expanduser()
     if local.is_dir():
         return ResolvedRepo(reference=reference, kind=kind, source="local", path=local.resolve(), revision=revision)
@@ -60,11 +69,11 @@ def resolve(reference: str, *, kind: str = "model", revision: str | None = None,
         raise InputError(f"{kind} '{reference}' is neither an existing folder nor a Hub id like org/name",
                          "check the path, or give a Hub repo id")
     return _resolve_hub(reference, kind=kind, revision=revision, cache_dir=cache_dir, offline=offline,
-                        allow_pickle=allow_pickle)
+                        allow_pickle=allow_pickle, patterns=patterns)
 
 
 def _resolve_hub(repo_id: str, *, kind: str, revision: str | None, cache_dir: Path | None, offline: bool | None,
-                 allow_pickle: bool) -> ResolvedRepo:
+                 allow_pickle: bool, patterns: list[str] | None = None) -> ResolvedRepo:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -74,12 +83,15 @@ def _resolve_hub(repo_id: str, *, kind: str, revision: str | None, cache_dir: Pa
         RevisionNotFoundError,
     )
 
-    patterns = DATASET_FILES if kind == "dataset" else MODEL_FILES + (PICKLE_FILES if allow_pickle else [])
+    if patterns is None:
+        patterns = DATASET_FILES if kind == "dataset" else MODEL_FILES + (PICKLE_FILES if allow_pickle else [])
+    ignore = None if kind == "dataset" else SUBFOLDERS
     local_only = bool(offline) or bool(constants.HF_HUB_OFFLINE)
     where = f"{kind} '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
     try:
         path = snapshot_download(repo_id, repo_type=kind, revision=revision, cache_dir=cache_dir,
-                                 local_files_only=local_only, allow_patterns=patterns)
+                                 local_files_only=local_only, allow_patterns=patterns,
+                                 ignore_patterns=ignore)
     except GatedRepoError:
         raise ResolutionError(f"{where} is gated and no accepted token was found",
                               "accept its terms on the Hub, then `hf auth login` or set HF_TOKEN") from None
@@ -125,3 +137,28 @@ def base_model_of(folder: Path) -> str | None:
     if isinstance(base, list):
         base = base[0] if base else None
     return base if isinstance(base, str) and base else None
+
+
+def weight_patterns(folder: Path, allow_pickle: bool) -> list[str]:
+    """Phase two of a model: the top-level weight files its index names (a sharded checkpoint), else every
+    top-level safetensors file (and pickles where allowed)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{index} is not a valid safetensors index", "re-upload the checkpoint's index") from None
+        return shards
+    return WEIGHT_FILES + (PICKLE_FILES if allow_pickle else [])
+
+
+def fetch_weights(repo: ResolvedRepo, *, cache_dir: Path | None, offline: bool | None,
+                  allow_pickle: bool) -> ResolvedRepo:
+    """Fetch a phase-one model's weights into the same snapshot (no-op for a local folder)."""
+    if repo.source != "hub" or repo.repo_id is None:
+        return repo
+    patterns = weight_patterns(repo.path, allow_pickle)
+    return _resolve_hub(repo.repo_id, kind="model", revision=repo.commit or repo.revision, cache_dir=cache_dir,
+                        offline=offline, allow_pickle=allow_pickle, patterns=patterns)

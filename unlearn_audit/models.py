@@ -60,9 +60,11 @@ def restore_weights(model: Any, folder: Path) -> None:
     return True
 
 
-def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, label: str | None = None) -> None:
+def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, label: str | None = None,
+                need_weights: bool = True) -> None:
     """Refuse checkpoints that would execute code: remote code (``auto_map``) or pickled weights.
-    ``label`` names the model in messages (default: the folder)."""
+    ``label`` names the model in messages (default: the folder). ``need_weights=False`` checks the
+    config alone (before any weight is fetched)."""
     name = label or str(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -75,6 +77,8 @@ def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, la
     if config.get("auto_map") and not trust_remote_code:
         raise UnsafeModelError(f"{name} needs custom code from its repo (auto_map in config.json)",
                                "review the code, then pass --trust-remote-code to run it")
+    if not need_weights:
+        return
     files = [p.name for p in folder.iterdir() if p.is_file()]
     has_safetensors = any(name.endswith(".safetensors") for name in files)
     has_pickle = any(name.endswith(_PICKLE_SUFFIXES) for name in files)
@@ -93,17 +97,89 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()  # e.g. long-input warnings: truncation is counted in the report
 
 
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken", "vocab.txt")
+"""Files any of which means a folder carries its own tokenizer."""
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_MARKERS)
+
+
 def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> Any:
-    """The tokenizer of a resolved model folder (cheap: used to check compatibility before any probing)."""
+    """The tokenizer of a resolved folder (cheap: used to check compatibility before any weights)."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True, label=repo.reference)
+    config = repo.path / "config.json"
+    if config.is_file():
+        check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True, label=repo.reference,
+                    need_weights=False)
+    if not has_tokenizer(repo.path):
+        raise InputError(f"{repo.reference} holds no tokenizer files ({', '.join(TOKENIZER_MARKERS[:2])}, ...)",
+                         "pass --tokenizer REPO (or set tokenizer: in the spec) to name the tokenizer it was "
+                         "trained with")
     try:
-        return AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the tokenizer of {repo.reference}: {str(exc).splitlines()[0]}",
-                         "the repo must hold its tokenizer files") from None
+        tokenizer = AutoTokenizer.from_pretrained(repo.path, trust_remote_code=trust_remote_code)
+        if _sentencepiece_bos_default(repo.path) and tokenizer.bos_token_id is not None:
+            # transformers 5 builds a sentencepiece-only repo's tokenizer without BOS, where the sentencepiece
+            # LlamaTokenizer these checkpoints were trained and evaluated with (and MUSE) adds it
+            tokenizer.add_bos_token = True
+            tokenizer.unlearn_audit_bos_note = "BOS added, as the sentencepiece LlamaTokenizer does by default"
+        return tokenizer
+    except (OSError, ValueError, ImportError, AttributeError, TypeError) as exc:
+        text = str(exc)
+        sentencepiece = (repo.path / "tokenizer.model").is_file() and not (repo.path / "tokenizer.json").is_file()
+        if sentencepiece and ("tiktoken" in text or "sentencepiece" in text.lower() or "protobuf" in text.lower()):
+            raise InputError(f"the tokenizer of {repo.reference} is a sentencepiece model (tokenizer.model) and "
+                             "the sentencepiece or protobuf package is missing",
+                             "pip install sentencepiece protobuf") from None
+        raise InputError(f"cannot load the tokenizer of {repo.reference}: {text.splitlines()[0] if text else type(exc).__name__}",
+                         "the repo must hold complete tokenizer files, or pass --tokenizer REPO") from None
+
+
+def _sentencepiece_bos_default(folder: Path) -> bool:
+    """A repo with only a sentencepiece ``tokenizer.model`` whose config does not say whether to add BOS."""
+    if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return False
+    config = folder / "tokenizer_config.json"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except ValueError:
+        return False
+    return "add_bos_token" not in settings
+
+
+def describe_tokenizer(tokenizer: Any, folder: Path, texts: list[str]) -> dict[str, Any]:
+    """What the record says about a tokenizer: its class, the file it was built from, whether it adds BOS,
+    and, when the folder holds both ``tokenizer.json`` and a sentencepiece ``tokenizer.model``, on how many
+    of ``texts`` the two give different ids (transformers loads ``tokenizer.json``; the difference is
+    usually the BOS token or leading spaces)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    built_from = "tokenizer.json" if (folder / "tokenizer.json").is_file() else next(
+        (name for name in TOKENIZER_MARKERS if (folder / name).is_file()), None)
+    sample = tokenizer("a")["input_ids"]
+    info: dict[str, Any] = {"class": type(tokenizer).__name__, "built_from": built_from,
+                            "adds_bos": bool(tokenizer.bos_token_id is not None and sample[:1] == [tokenizer.bos_token_id]),
+                            "vocab_size": len(tokenizer)}
+    if getattr(tokenizer, "unlearn_audit_bos_note", None):
+        info["note"] = tokenizer.unlearn_audit_bos_note
+    if built_from == "tokenizer.json" and (folder / "tokenizer.model").is_file() and texts:
+        with tempfile.TemporaryDirectory() as tmp:
+            for item in folder.iterdir():
+                if item.is_file() and item.name != "tokenizer.json" and item.suffix in (".json", ".model", ".txt"):
+                    shutil.copy(item, tmp)
+            try:
+                other = AutoTokenizer.from_pretrained(tmp)
+            except Exception as exc:  # the sentencepiece file alone may not load; say so, don't fail
+                info["sentencepiece_check"] = f"tokenizer.model alone does not load ({type(exc).__name__})"
+                return info
+        differ = sum(tokenizer(t)["input_ids"] != other(t)["input_ids"] for t in texts)
+        info["sentencepiece_check"] = {"texts": len(texts), "differ": int(differ)}
+    return info
 
 
 def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,

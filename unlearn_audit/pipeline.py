@@ -6,12 +6,15 @@ Data flows one way. The library entry point is :func:`audit`, which returns an
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import gc
 import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,24 +22,27 @@ from typing import Any, Protocol
 from . import __version__
 from .analysis import FULL, Outputs, Reference, analyse
 from .config import AuditConfig
-from .data import ForgetData, load_forget_data
+from .data import ForgetData, dataset_patterns, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
-from .hub import ResolvedRepo, card_metadata, base_model_of, resolve
-from .cache import CachedRun, ResultCache, default_dir, fingerprint_folder, texts_digest
-from .models import (LoadedModel, check_files, check_same_tokenizer, load_model, load_tokenizer, restorable,
+from .hub import METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve
+from .adapters import MergedAdapter, adapter_base, check_adapter_files, is_adapter, merge_adapter
+from .cache import CachedRun, ResultCache, default_dir, fingerprint_folder, home, texts_digest
+from .models import (LoadedModel, check_files, check_same_tokenizer, describe_tokenizer, load_model, restorable,
                      restore_weights)
+from .tokenization import TokenizerChoice, choose_tokenizers
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import ENGINES
 from .calibration import FORGET, CalibrationSet, calibration_set
 from .quantize import BnbQuantizer, Quantizer, parse_variants
+from .quantize.base import library_failures
 from .quantize.bnb import quiet_bnb_warnings
 from .resources import peak_accelerator_mb, peak_rss_mb
 from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
 from .verdict import decide
-from .weights import weight_diff
+from .weights import comparable_layers, weight_diff
 
 PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
             "scikit-learn", "bitsandbytes")
@@ -99,8 +105,10 @@ def _versions() -> dict[str, str]:
 def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig, reporter: Reporter,
                title: str, truncated: dict[str, int], engine_stats: dict[str, Any] | None = None
                ) -> dict[str, ProbeOutput]:
-    """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant."""
+    """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant (``config.probes`` is the
+    effective probe settings: the spec's ``chat_template`` already folded in)."""
     settings = config.probes
+    chat = settings.chat_template
     total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
              + len(data.privleak_forget) + len(data.privleak_holdout))
     advance = reporter.task(title, total)
@@ -111,9 +119,9 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
         "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
                                   settings.verbmem_max_new_tokens, advance, stemmer=stem),
         "knowmem_f": muse.knowmem(engine, data.knowmem_forget, "knowmem_f", settings.knowmem_max_new_tokens,
-                                  advance, stemmer=stem),
+                                  advance, stemmer=stem, chat_template=chat),
         "knowmem_r": muse.knowmem(engine, data.knowmem_retain, "knowmem_r", settings.knowmem_max_new_tokens,
-                                  advance, stemmer=stem),
+                                  advance, stemmer=stem, chat_template=chat),
         "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance,
                                   at_least_one=settings.mink_at_least_one),
     }
@@ -131,26 +139,28 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
     t = time.time()
     model, settings, proof = loaded.model, None, None
     if quantizer is not None:
-        if quantizer.stage == "load":  # the library quantizes while loading, as users run it
-            model = load_model(repo, device=config.device, dtype=loaded.dtype, device_map=config.device_map,
-                               trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                               tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
-        elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
-            reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
-            model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
-                                               trust_remote_code=config.trust_remote_code)
-        elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
-            model = loaded.model
-        else:
-            model = copy.deepcopy(loaded.model)
-        if quantizer.stage != "calibrate":
-            result = quantizer.apply(model)
-        settings, proof = result.settings, result.proof.as_dict()
+        with library_failures(quantizer.label, None):  # a library that cannot take a shape: one line
+            if quantizer.stage == "load":  # the library quantizes while loading, as users run it
+                model = load_model(repo, device=config.device, dtype=loaded.dtype, device_map=config.device_map,
+                                   trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                                   tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
+            elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
+                reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
+                model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
+                                                   trust_remote_code=config.trust_remote_code)
+            elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
+                model = loaded.model
+            else:
+                model = copy.deepcopy(loaded.model)
+            if quantizer.stage != "calibrate":
+                result = quantizer.apply(model)
+            settings, proof = result.settings, result.proof.as_dict()
     label = FULL if quantizer is None else quantizer.label
     truncated = {"generate": 0, "score": 0}
     try:
-        probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
-                            truncated, engine_stats)
+        with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
+            probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
+                                truncated, engine_stats)
     finally:
         if model is loaded.model and quantizer is not None:
             restore_weights(loaded.model, repo.path)
@@ -158,34 +168,134 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
                      seconds=round(time.time() - t, 2), n_parameters=loaded.n_parameters)
 
 
-def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
-    """Run one audit end to end and return its record (nothing is written; see :func:`write_reports`)."""
-    reporter = reporter or SilentReporter()
-    started = time.time()
+@dataclass
+class Plan:
+    """Phase one of an audit: everything that can be checked without a single weight file.
+
+    Attributes:
+        quantizers: the variants to test, parsed and their libraries found.
+        spec, spec_source: the forget-set spec and where it came from.
+        repos: role -> the model's folder holding configs, tokenizer, card and spec (weights come in phase two).
+        found_by: role -> how that model was chosen.
+        dataset: the dataset folder (only the configs the spec needs).
+        data: the probed texts, validated (splits, columns, non-empty).
+        tokenizers: role -> the tokenizer it is probed with, and why.
+        reference: what residuals and the PrivLeak AUC are read against.
+        calibration: GPTQ/AWQ calibration text, when a calibrated variant is asked for.
+        notes: what the report must say about choices made here.
+    """
+
+    quantizers: list[Quantizer]
+    spec: ForgetSpec
+    spec_source: str
+    repos: dict[str, ResolvedRepo]
+    found_by: dict[str, str]
+    dataset: ResolvedRepo
+    data: ForgetData
+    tokenizers: dict[str, TokenizerChoice]
+    reference: Reference
+    calibration: CalibrationSet | None
+    notes: list[str] = field(default_factory=list)
+    adapter_base: ResolvedRepo | None = None
+    """For an adapter checkpoint: the base model it is merged into (phase two merges it)."""
+    adapter: MergedAdapter | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase (resolve, fetch, weight_diagnostic), for the record's execution block."""
+
+
+@dataclass
+class Runs:
+    """Phase three: every (model, variant) run, computed or reused from the cache."""
+
+    outputs: Outputs
+    runs: list[VariantRun]
+    models: dict[str, dict[str, Any]]
+    truncated: dict[str, int]
+    reused: list[str]
+    computed: list[str]
+    engine_stats: dict[str, Any]
+    cache_dir: str | None
+
+
+def _original_of(config: AuditConfig, spec: ForgetSpec, spec_source: str, unlearned: ResolvedRepo,
+                 adapter_base_ref: str | None) -> tuple[str, str | None, str]:
+    if config.original:
+        return config.original, config.original_revision, "from --original"
+    if spec.original:
+        return spec.original, spec.original_revision, f"from the spec, {spec_source}"
+    if adapter_base_ref:
+        return adapter_base_ref, None, "the adapter's base model (adapter_config.json)"
+    base = base_model_of(unlearned.path)
+    if not base:
+        raise UsageError(f"cannot tell which model {unlearned.reference} was unlearned from",
+                         "pass --original MODEL, or add base_model to its card")
+    return base, None, "from the model card's base_model"
+
+
+def _reference(spec: ForgetSpec, spec_source: str, retrain: ResolvedRepo | None) -> Reference:
+    if retrain is not None:
+        return Reference("retrain", None, f"the retrained model {retrain.reference}, probed in this audit")
+    pl = spec.privleak
+    if pl.reference_auc is not None:
+        dtype = f", measured in {pl.reference_auc_dtype}" if pl.reference_auc_dtype else ""
+        return Reference("published", pl.reference_auc,
+                         f"the published AUC {pl.reference_auc} of a retrained model ({spec_source}{dtype}); "
+                         "VerbMem/KnowMem residuals are measured above 0")
+    return Reference("default", 0.5, "AUC 0.5, a model that never saw the forget set (no retrained model or "
+                     "published AUC was given); VerbMem/KnowMem residuals are measured above 0")
+
+
+def plan(config: AuditConfig, reporter: Reporter) -> Plan:
+    """Phase one: resolve configs, tokenizers, cards, specs and the needed dataset configs only, and check
+    everything that can fail without weights (spec, splits, columns, tokenizers, remote code)."""
     quantizers: list[Quantizer] = parse_variants(config.quant)
     if any(isinstance(q, BnbQuantizer) for q in quantizers):
         quiet_bnb_warnings()
     for quantizer in quantizers:  # a missing library is found before any work, with its install command
         quantizer.require()
     notes: list[str] = []
-    common = {"cache_dir": config.cache_dir, "offline": config.offline}
-
-    unlearned_repo = resolve(config.model, revision=config.revision, allow_pickle=config.allow_pickle, **common)
-    spec, spec_source = find_spec(config, unlearned_repo, notes)
-    if config.original:
-        original_ref, original_rev, found_by = config.original, config.original_revision, "from --original"
-    elif spec.original:
-        original_ref, original_rev, found_by = spec.original, spec.original_revision, f"from the spec, {spec_source}"
-    else:
-        original_ref, original_rev, found_by = base_model_of(unlearned_repo.path), None, "from the model card's base_model"
-    if not original_ref:
-        raise UsageError(f"cannot tell which model {unlearned_repo.reference} was unlearned from",
-                         "pass --original MODEL, or add base_model to its card")
-    original_repo = resolve(original_ref, revision=original_rev, allow_pickle=config.allow_pickle, **common)
-    retrain_repo = (resolve(spec.retrain, revision=spec.retrain_revision, allow_pickle=config.allow_pickle, **common)
-                    if spec.retrain else None)
-    dataset_repo = resolve(spec.dataset, kind="dataset", revision=spec.dataset_revision, **common)
-    data = load_forget_data(dataset_repo.path, spec, config.probes.max_items)
+    common = {"cache_dir": config.cache_dir, "offline": config.offline, "patterns": METADATA_FILES}
+    unlearned = resolve(config.model, revision=config.revision, **common)
+    spec, spec_source = find_spec(config, unlearned, notes)
+    base = None
+    if is_adapter(unlearned.path):
+        base = resolve(adapter_base(unlearned.path, unlearned.reference), **common)
+        check_files(base.path, trust_remote_code=config.trust_remote_code, allow_pickle=True, label=base.reference,
+                    need_weights=False)
+    original_ref, original_rev, original_how = _original_of(config, spec, spec_source, unlearned,
+                                                            base.reference if base else None)
+    repos = {"unlearned": unlearned, "original": resolve(original_ref, revision=original_rev, **common)}
+    found_by = {"unlearned": "the audited model", "original": original_how}
+    if spec.retrain:
+        repos["retrain"] = resolve(spec.retrain, revision=spec.retrain_revision, **common)
+        found_by["retrain"] = f"from the spec, {spec_source}"
+    preset = PRESETS.get(config.forget or "")
+    if preset and original_ref.lower() != preset["original"].lower():
+        notes.append(f"The original model {original_ref} is not the {preset['name']} preset's "
+                     f"{preset['original']}; the preset's published reference AUC belongs to that model's retrained "
+                     "twin, so read PrivLeak with care (name a retrained model in a spec to measure it).")
+    for role, repo in repos.items():  # remote code is refused before anything else is fetched
+        if role == "unlearned" and base is not None:
+            continue  # an adapter has no config.json of its own; its base was checked above
+        check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=True, label=repo.reference,
+                    need_weights=False)
+    dataset = resolve(spec.dataset, kind="dataset", revision=spec.dataset_revision, cache_dir=config.cache_dir,
+                      offline=config.offline, patterns=dataset_patterns(spec))
+    data = load_forget_data(dataset.path, spec, config.probes.max_items)
+    tokenizers = choose_tokenizers(repos, explicit=config.tokenizer, explicit_revision=config.tokenizer_revision,
+                                   spec_tokenizer=spec.tokenizer, spec_revision=spec.tokenizer_revision,
+                                   cache_dir=config.cache_dir, offline=config.offline,
+                                   trust_remote_code=config.trust_remote_code)
+    for role in repos:
+        if role != "unlearned":
+            check_same_tokenizer(repos["unlearned"].reference, tokenizers["unlearned"].tokenizer,
+                                 repos[role].reference, tokenizers[role].tokenizer)
+    if config.probes.chat_template or spec.chat_template:
+        for role, choice in tokenizers.items():
+            if not getattr(choice.tokenizer, "chat_template", None):
+                raise InputError(f"the tokenizer of {repos[role].reference} has no chat template, but the audit "
+                                 "asks to apply one (chat_template)", "drop --chat-template / chat_template: true, "
+                                 "or pass --tokenizer with the instruct model's tokenizer")
     calibration = None
     if any(q.stage == "calibrate" for q in quantizers):
         calibration = calibration_set(config.calibration, data.privleak_forget, config.calibration_tokens)
@@ -194,46 +304,59 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                          "a stronger attack than a user's generic calibration.")
     if config.probes.max_items is not None:
         notes.append(f"Only the first {config.probes.max_items} items of each split were probed (--max-items).")
+    return Plan(quantizers=quantizers, spec=spec, spec_source=spec_source, repos=repos, found_by=found_by,
+                dataset=dataset, data=data, tokenizers=tokenizers,
+                reference=_reference(spec, spec_source, repos.get("retrain")), calibration=calibration, notes=notes,
+                adapter_base=base)
 
-    if retrain_repo is not None:
-        reference = Reference("retrain", None, f"the retrained model {retrain_repo.reference}, probed in this audit")
-    elif spec.privleak.reference_auc is not None:
-        reference = Reference("published", spec.privleak.reference_auc,
-                              f"the published AUC {spec.privleak.reference_auc} of a retrained model ({spec_source}); "
-                              "VerbMem/KnowMem residuals are measured above 0")
-    else:
-        reference = Reference("default", 0.5, "AUC 0.5, a model that never saw the forget set (no retrained model or "
-                              "published AUC was given); VerbMem/KnowMem residuals are measured above 0")
 
-    roles: list[tuple[str, ResolvedRepo, str]] = [("unlearned", unlearned_repo, "the audited model"),
-                                                  ("original", original_repo, found_by)]
-    if retrain_repo is not None:
-        roles.append(("retrain", retrain_repo, f"from the spec, {spec_source}"))
-    for _, repo, _ in roles:  # refuse unsafe or incompatible checkpoints before any probing
-        check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                    label=repo.reference)
-    tokenizers = {role: load_tokenizer(repo, trust_remote_code=config.trust_remote_code) for role, repo, _ in roles}
-    for role, repo, _ in roles[1:]:
-        check_same_tokenizer(unlearned_repo.reference, tokenizers["unlearned"], repo.reference, tokenizers[role])
+def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
+    """Phase two: the weights of every model (top-level files only, or those the index names), then the
+    checks that need them (pickles, missing weights)."""
+    weights = {"cache_dir": config.cache_dir, "offline": config.offline, "allow_pickle": config.allow_pickle}
+    for role, repo in list(plan.repos.items()):
+        if repo.source == "hub":
+            reporter.note(f"fetching the weights of {repo.reference}")
+        plan.repos[role] = fetch_weights(repo, **weights)
+        if role == "unlearned" and plan.adapter_base is not None:
+            check_adapter_files(plan.repos[role].path, allow_pickle=config.allow_pickle, label=repo.reference)
+            continue
+        check_files(plan.repos[role].path, trust_remote_code=config.trust_remote_code,
+                    allow_pickle=config.allow_pickle, label=repo.reference)
+    if plan.adapter_base is not None:
+        base = fetch_weights(plan.adapter_base, **weights)
+        check_files(base.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                    label=base.reference)
+        reporter.note(f"merging the adapter {plan.repos['unlearned'].reference} into {base.reference} (peft)")
+        plan.adapter = merge_adapter(plan.repos["unlearned"], base, home() / "merged",
+                                     allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+        plan.repos["unlearned"] = plan.adapter.as_repo()
+        plan.notes.append(f"{plan.adapter.adapter.reference} is a {plan.adapter.peft_type} adapter: audited merged "
+                          f"into its base {base.reference} (peft {plan.adapter.peft_version} merge_and_unload), "
+                          "as users run it.")
 
-    outputs: Outputs = {}
-    runs: list[VariantRun] = []
-    models: dict[str, dict[str, Any]] = {}
-    truncated = {"generate": 0, "score": 0}
+
+def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
+    """Phase three: every model at full precision and under every variant (the retrained reference at full
+    precision only), one model in memory at a time, through the result cache."""
     cache = ResultCache(None if not config.cache_results else (config.results_dir or default_dir()))
     dtype = config.resolved_dtype
     shared_key = {"probes": config.probes.cache_key(), "dtype": dtype, "device": config.device.split(":")[0],
-                  "data": texts_digest(data.texts())}
-    reused, computed, engine_stats = [], [], {}
-    for role, repo, how in roles:
+                  "data": texts_digest(plan.data.texts())}
+    result = Runs(outputs={}, runs=[], models={}, truncated={"generate": 0, "score": 0}, reused=[], computed=[],
+                  engine_stats={}, cache_dir=None if cache.root is None else str(cache.root))
+    for role, repo in plan.repos.items():
+        tokenizer = plan.tokenizers[role]
         model_id = {"commit": repo.commit} if repo.commit else fingerprint_folder(repo.path)
-        variants = [None, *quantizers] if role != "retrain" else [None]
+        if tokenizer.repo.path != repo.path:
+            model_id = {**model_id, "tokenizer": tokenizer.repo.commit or str(tokenizer.repo.path)}
+        variants = [None, *plan.quantizers] if role != "retrain" else [None]
         keys, cached = {}, {}
         for quantizer in variants:
             label = FULL if quantizer is None else quantizer.label
             settings = None if quantizer is None else quantizer.settings()
             if quantizer is not None and quantizer.stage == "calibrate":
-                settings = {**settings, "calibration": calibration.describe()}
+                settings = {**settings, "calibration": plan.calibration.describe()}
             keys[label] = cache.key({"model": model_id, "variant": label, "settings": settings, **shared_key})
             hit = cache.load(keys[label])
             if hit is not None:
@@ -243,12 +366,20 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
             reporter.note(f"loading {role} model {repo.reference}")
             loaded = load_model(repo, device=config.device, dtype=dtype, device_map=config.device_map,
                                 trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                                tokenizer=tokenizers[role])
+                                tokenizer=tokenizer.tokenizer)
         if cached:
             reporter.note(f"{role}: reusing {len(cached)} of {len(variants)} cached results")
         full_run = cached.get(FULL)
         n_parameters = loaded.n_parameters if loaded is not None else (full_run.n_parameters if full_run else None)
-        models[role] = {"repo": repo.as_dict(), "found_by": how, "n_parameters": n_parameters, "dtype": dtype}
+        if role == "unlearned" and plan.adapter is not None:
+            repo_record = plan.adapter.adapter.as_dict()  # the repo audited; the merge is described beside it
+        else:
+            repo_record = repo.as_dict()
+        result.models[role] = {"repo": repo_record, "found_by": plan.found_by[role], "n_parameters": n_parameters,
+                               "dtype": dtype, "tokenizer": {**tokenizer.as_dict(), **describe_tokenizer(
+                                   tokenizer.tokenizer, tokenizer.repo.path, plan.data.privleak_forget[:20])}}
+        if role == "unlearned" and plan.adapter is not None:
+            result.models[role]["adapter"] = plan.adapter.as_dict()
         # Full precision and in-place variants first, on the loaded copy; then that copy is dropped before
         # a library loads or builds its own quantized model: one model in memory at a time.
         finished: dict[str, CachedRun] = {}
@@ -259,70 +390,104 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
                 if quantizer is not None and quantizer.stage != "weights" and loaded.model is not None:
                     loaded.model = None
                     gc.collect()
-                run = _compute_run(quantizer, role, repo, loaded, data, calibration, config, reporter, engine_stats)
+                run = _compute_run(quantizer, role, repo, loaded, plan.data, plan.calibration, config, reporter,
+                                   result.engine_stats)
                 cache.store(keys[label], run)
-                computed.append(f"{role}/{label}")
+                result.computed.append(f"{role}/{label}")
             else:
-                reused.append(f"{role}/{label}")
+                result.reused.append(f"{role}/{label}")
             finished[label] = run
         for quantizer in variants:  # the record keeps the order the variants were asked for
             label = FULL if quantizer is None else quantizer.label
             run = finished[label]
             for key, count in run.truncated.items():
-                truncated[key] += count
-            outputs.setdefault(role, {})[label] = run.probes
-            runs.append(VariantRun(role=role, variant=label, settings=run.settings, proof=run.proof, metrics={},
-                                   details={m: o.details for m, o in run.probes.items()},
-                                   items={m: [i.as_dict() for i in o.items] for m, o in run.probes.items()},
-                                   seconds=run.seconds))
+                result.truncated[key] += count
+            result.outputs.setdefault(role, {})[label] = run.probes
+            result.runs.append(VariantRun(role=role, variant=label, settings=run.settings, proof=run.proof, metrics={},
+                                          details={m: o.details for m, o in run.probes.items()},
+                                          items={m: [i.as_dict() for i in o.items] for m, o in run.probes.items()},
+                                          seconds=run.seconds))
         del loaded
         gc.collect()
+    return result
 
-    diagnostic = None
+
+def diagnose(plan: Plan, config: AuditConfig, reporter: Reporter) -> dict[str, Any] | None:
+    """The weight-level diagnostic (no data needed)."""
     try:
-        reporter.note("comparing weights under each quantizer's grid")
-        diagnostic = weight_diff(unlearned_repo.path, original_repo.path, quantizers,
-                                 labels=(unlearned_repo.reference, original_repo.reference)).as_dict()
+        unlearned, original = plan.repos["unlearned"], plan.repos["original"]
+        _, _, names = comparable_layers(unlearned.path, original.path)
+        fixed = any(q.fixed_grid for q in plan.quantizers)
+        advance = reporter.task("weight diagnostic (no data needed)", len(names)) if fixed else None
+        result = weight_diff(unlearned.path, original.path, plan.quantizers,
+                             labels=(unlearned.reference, original.reference), run_dtype=config.resolved_dtype,
+                             device=config.device if config.device_map is None else "cpu", advance=advance)
+        plan.timings["weight_diagnostic"] = result.seconds
+        return result.as_dict()
     except InputError as exc:
-        notes.append(f"No weight-level diagnostic: {exc.message}.")
-    analysis = analyse(outputs, reference, min_gap=config.thresholds.min_gap,
+        plan.notes.append(f"No weight-level diagnostic: {exc.message}.")
+        return None
+
+
+def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: AuditConfig,
+           started: float) -> AuditReport:
+    """Phase five: figures, verdict and the record every view is rendered from."""
+    analysis = analyse(runs.outputs, plan.reference, min_gap=config.thresholds.min_gap,
                        resamples=config.probes.bootstrap_resamples, seed=config.probes.seed)
-    labels = [q.label for q in quantizers]
+    labels = [q.label for q in plan.quantizers]
     verdict = decide(analysis, config.thresholds, {label: variant_name(label) for label in labels})
-    for run in runs:
+    for run in runs.runs:
         run.metrics = {m: i.as_dict() for m, i in analysis.values[run.role][run.variant].items()}
+    pl = plan.spec.privleak
     return AuditReport(
         tool_version=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         command=config.command,
         config=config.to_record(),
-        spec=spec.model_dump(),
-        spec_source=spec_source,
-        models=models,
-        dataset=dataset_repo.as_dict(),
-        data_counts=data.counts(),
-        reference={"source": reference.source, "privleak_auc": reference.privleak_auc,
-                   "description": reference.description,
+        spec=plan.spec.model_dump(),
+        spec_source=plan.spec_source,
+        models=runs.models,
+        dataset=plan.dataset.as_dict(),
+        data_counts=plan.data.counts(),
+        reference={"source": plan.reference.source, "privleak_auc": plan.reference.privleak_auc,
+                   "privleak_auc_dtype": pl.reference_auc_dtype if plan.reference.source == "published" else None,
+                   "description": plan.reference.description,
                    "values": {m: i.as_dict() for m, i in analysis.reference.items()}},
         variants=labels,
-        runs=runs,
+        runs=runs.runs,
         residuals=[s.as_dict() for s in analysis.residuals],
         recoveries=[s.as_dict() for s in analysis.recoveries],
         verdict=verdict.as_dict(),
         thresholds={**config.to_record()["thresholds"]},
         environment={"python": platform.python_version(), "platform": platform.platform(),
                      "packages": _versions(), "argv0": Path(sys.argv[0]).name},
-        truncated=truncated,
+        truncated=runs.truncated,
         duration_seconds=round(time.time() - started, 1),
-        execution={"device": config.device, "device_map": config.device_map, "dtype": dtype,
+        execution={"device": config.device, "device_map": config.device_map, "dtype": config.resolved_dtype,
                    "engine": config.probes.engine, "batch_size": config.probes.batch_size or "auto",
-                   "batches": engine_stats, "peak_rss_mb": peak_rss_mb(),
-                   "peak_accelerator_mb": peak_accelerator_mb(),
-                   "cache": {"dir": None if cache.root is None else str(cache.root), "reused": reused,
-                             "computed": computed}},
-        notes=notes,
+                   "batches": runs.engine_stats, "peak_rss_mb": peak_rss_mb(),
+                   "peak_accelerator_mb": peak_accelerator_mb(), "phase_seconds": plan.timings,
+                   "cache": {"dir": runs.cache_dir, "reused": runs.reused, "computed": runs.computed}},
+        notes=plan.notes,
         weight_diff=diagnostic,
     )
+
+
+def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
+    """Run one audit end to end and return its record (nothing is written; see :func:`write_reports`):
+    plan (no weights) -> fetch weights -> weight diagnostic -> probe every run -> analyse and record."""
+    reporter = reporter or SilentReporter()
+    started = time.time()
+    the_plan = plan(config, reporter)
+    if the_plan.spec.chat_template and not config.probes.chat_template:
+        config = dataclasses.replace(config, probes=dataclasses.replace(config.probes, chat_template=True))
+    the_plan.timings["resolve"] = round(time.time() - started, 2)
+    t = time.time()
+    fetch(the_plan, config, reporter)
+    the_plan.timings["fetch"] = round(time.time() - t, 2)
+    diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
+    runs = run_all(the_plan, config, reporter)
+    return record(the_plan, runs, diagnostic, config, started)
 
 
 def prepare_out_dir(out_dir: Path) -> None:

@@ -47,6 +47,8 @@ class PrivLeakSpec(_Strict):
     retain_split: str = "retain"
     reference_auc: float | None = Field(default=None, gt=0, lt=1)
     """Published AUC of a retrained model (MUSE's constants); used only when no retrain model is named."""
+    reference_auc_dtype: str | None = None
+    """The dtype the published AUC was measured in (MUSE: bfloat16), recorded beside it."""
 
 
 class ForgetSpec(_Strict):
@@ -63,6 +65,13 @@ class ForgetSpec(_Strict):
     retrain: str | None = None
     """A model trained without the forget set: the reference for PrivLeak and the floor for residuals."""
     retrain_revision: str | None = None
+    tokenizer: str | None = None
+    """Where to load the tokenizer from when a model repo carries none (MUSE's targets are evaluated with
+    ``meta-llama/Llama-2-7b-hf``'s); ``--tokenizer`` overrides it for every model."""
+    tokenizer_revision: str | None = None
+    chat_template: bool = False
+    """Apply the tokenizer's chat template to KnowMem questions (instruct models, as open-unlearning
+    does for its Instruct models); off by default, as MUSE."""
     verbmem: VerbMemSpec = VerbMemSpec()
     knowmem_forget: KnowMemSpec = KnowMemSpec(split="forget_qa", icl_split="forget_qa_icl")
     knowmem_retain: KnowMemSpec = KnowMemSpec(split="retain_qa", icl_split="retain_qa_icl")
@@ -80,17 +89,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "news": {
         "name": "MUSE-News",
         "dataset": "muse-bench/MUSE-News",
-        "original": "muse-bench/MUSE-news_target",
-        "privleak": {"reference_auc": 0.4772},
+        "original": "muse-bench/MUSE-News_target",
+        "tokenizer": "meta-llama/Llama-2-7b-hf",
+        "privleak": {"reference_auc": 0.4772, "reference_auc_dtype": "bfloat16"},
     },
     "books": {
         "name": "MUSE-Books",
         "dataset": "muse-bench/MUSE-Books",
-        "original": "muse-bench/MUSE-books_target",
-        "privleak": {"reference_auc": 0.5393},
+        "original": "muse-bench/MUSE-Books_target",
+        "tokenizer": "meta-llama/Llama-2-7b-hf",
+        "privleak": {"reference_auc": 0.5393, "reference_auc_dtype": "bfloat16"},
     },
 }
-"""MUSE on the Hub. The AUC constants are MUSE's published retrained-model AUCs (its eval code)."""
+"""MUSE on the Hub, with the ids MUSE's README, open-unlearning and the quantization paper use (the
+Hub resolves any casing, but a local cache keeps the casing it was filled with). MUSE's evaluation loads
+the tokenizer of ``meta-llama/Llama-2-7b-hf`` (its ``--tokenizer_dir``); the AUC constants are MUSE's
+published retrained-model AUCs, measured in bfloat16 on the Llama-2-7B targets."""
 
 
 def parse_spec(data: Any, origin: str) -> ForgetSpec:
@@ -143,6 +157,8 @@ original: {spec.original or "null"}            # the model this one was unlearne
 original_revision: null
 retrain: {spec.retrain or "null"}             # optional: a model trained without the forget set (PrivLeak reference)
 retrain_revision: null
+tokenizer: null                    # tokenizer repo for models that ship none (MUSE: meta-llama/Llama-2-7b-hf)
+chat_template: false               # apply the tokenizer's chat template to KnowMem questions (instruct models)
 verbmem: {{config: verbmem, split: forget}}                                       # columns prompt, gt
 knowmem_forget: {{config: knowmem, split: forget_qa, icl_split: forget_qa_icl}}   # columns question, answer
 knowmem_retain: {{config: knowmem, split: retain_qa, icl_split: retain_qa_icl}}

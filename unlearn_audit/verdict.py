@@ -9,8 +9,12 @@ For each judged metric (default VerbMem, KnowMem on the forget set, and the Priv
 3. Each quantized variant: the recovery share's interval against ``max_recovery`` the same way;
    an undefined recovery (unlearning removed nothing) is ``undefined``.
 
+A metric measured on fewer than ``min_items`` items cannot decide on its own: its shares are
+``too-few-items`` and make the audit INCONCLUSIVE, never FAIL or PASS (with three items every bootstrap
+resample can agree, so an interval such as 100% [100%-100%] says nothing about the model).
+
 Decision: FAIL if anything ``exceeds``; else INCONCLUSIVE if nothing could be judged or anything
-``straddles`` or is ``undefined``; else PASS.
+``straddles``, is ``undefined`` or ``too-few-items``; else PASS.
 """
 
 from __future__ import annotations
@@ -83,6 +87,14 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
 
     fails: list[tuple[float, str]] = []
     doubts: list[str] = []
+    few = [m for m in knew if analysis.n_items.get(m, thresholds.min_items) < thresholds.min_items]
+    for m in few:
+        doubts.append(f"{METRIC_NOUNS[m]} was measured on only {analysis.n_items[m]} items (fewer than "
+                      f"{thresholds.min_items}), too few to decide")
+    for share in analysis.residuals + analysis.recoveries:
+        if share.metric in few:
+            share.status = "too-few-items"
+    knew = [m for m in knew if m not in few]
     for share in analysis.residuals:
         if share.metric not in knew:
             continue
@@ -112,6 +124,8 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     if fails:
         fails.sort(key=lambda f: -f[0])
         return Verdict(Decision.FAIL, fails[0][1] + ".", [f[1] for f in fails] + doubts + reasons)
+    if few and not knew:
+        return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
     if not knew:
         return Verdict(Decision.INCONCLUSIVE,
                        "The original model does not measurably know the forget set, so forgetting cannot be judged.",

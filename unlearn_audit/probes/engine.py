@@ -34,7 +34,7 @@ class InferenceEngine(Protocol):
     truncated: dict[str, int]
 
     def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
-                 stops: tuple[str, ...] = ()) -> list[str]: ...
+                 stops: tuple[str, ...] = (), add_special_tokens: bool = True) -> list[str]: ...
 
     def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]: ...
 
@@ -134,11 +134,12 @@ class Engine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
-                 stops: tuple[str, ...] = ()) -> list[str]:
+                 stops: tuple[str, ...] = (), add_special_tokens: bool = True) -> list[str]:
         """Continuations of ``prompts`` (tokenised as the tokenizer does, BOS included): greedy, or
         sampled at ``sample_temperature`` with a seed per batch (reproducible for the same settings).
         With ``stops``, a sequence stops generating once its text contains one (the text is returned
-        whole; the caller cuts it), which with greedy decoding changes nothing before the stop."""
+        whole; the caller cuts it), which with greedy decoding changes nothing before the stop.
+        ``add_special_tokens=False`` for prompts that already carry them (a chat template's BOS)."""
         from transformers import GenerationConfig, StoppingCriteriaList
 
         eos = self.model.generation_config.eos_token_id
@@ -151,7 +152,7 @@ class Engine:
                                   eos_token_id=eos, **sampling)
         limit = max(1, self.context - max_new_tokens)
         encoded = []
-        for ids in self.tokenizer(prompts)["input_ids"]:
+        for ids in self.tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]:
             if len(ids) > limit:
                 self.truncated["generate"] += 1
                 ids = ids[-limit:]

@@ -23,6 +23,17 @@ def knowmem_prompt(icl_questions: list[str], icl_answers: list[str], question: s
     return prefix + f"Question: {question}\nAnswer: "
 
 
+def knowmem_chat_prompt(tokenizer, icl_questions: list[str], icl_answers: list[str], question: str) -> str:  # noqa: ANN001
+    """The KnowMem prompt for an instruct model: the ICL pairs as earlier turns (user ``Question: {q}``,
+    assistant ``{a}``), then the question as the last user turn, through the tokenizer's own chat
+    template with the generation prompt (as open-unlearning formats its Instruct models' prompts)."""
+    messages = []
+    for q, a in zip(icl_questions, icl_answers):
+        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": f"Question: {question}"})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def cut_at_stops(text: str, stops: tuple[str, ...] = KNOWMEM_STOPS) -> str:
     """``text`` up to the earliest stop string."""
     cut = len(text)
@@ -52,16 +63,21 @@ def verbmem(engine: Engine, prompts: list[str], references: list[str], max_new_t
 
 
 def knowmem(engine: Engine, qa: QASet, metric: str, max_new_tokens: int = 32,
-            advance: Advance | None = None, *, stemmer: bool = False) -> ProbeOutput:
-    prompts = [knowmem_prompt(qa.icl_questions, qa.icl_answers, q) for q in qa.questions]
-    generations = [cut_at_stops(g) for g in engine.generate(prompts, max_new_tokens, advance, stops=KNOWMEM_STOPS)]
+            advance: Advance | None = None, *, stemmer: bool = False, chat_template: bool = False) -> ProbeOutput:
+    if chat_template:  # the template carries the special tokens (BOS) itself
+        prompts = [knowmem_chat_prompt(engine.tokenizer, qa.icl_questions, qa.icl_answers, q) for q in qa.questions]
+    else:
+        prompts = [knowmem_prompt(qa.icl_questions, qa.icl_answers, q) for q in qa.questions]
+    generations = [cut_at_stops(g) for g in engine.generate(prompts, max_new_tokens, advance, stops=KNOWMEM_STOPS,
+                                                            add_special_tokens=not chat_template)]
     items = []
     for i, (q, a, gen) in enumerate(zip(qa.questions, qa.answers, generations)):
         r = rouge_l(a, gen, use_stemmer=stemmer)
         items.append(ItemScore(f"{metric}/{i}", r.f1, prompt=q, reference=a, generation=gen,
                                extra={"rougeL_recall": r.recall}))
     return ProbeOutput(metric, "mean", items, {"max_new_tokens": max_new_tokens, "icl_pairs": len(qa.icl_questions),
-                                               "stops": list(KNOWMEM_STOPS), **_decoding(engine, stemmer)})
+                                               "stops": list(KNOWMEM_STOPS), "chat_template": chat_template,
+                                               **_decoding(engine, stemmer)})
 
 
 def _decoding(engine: Engine, stemmer: bool) -> dict[str, object]:

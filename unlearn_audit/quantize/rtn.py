@@ -11,6 +11,11 @@ distinct values per group, exactly the values a packed integer kernel would comp
 The zero point is an integer and is not clamped to the code range, so any group's range is covered
 (AWQ's reference clamps it to [0, 2**bits - 1], which clips groups that do not span zero; with
 real weight groups of 128 the two agree). A constant group is kept exactly.
+
+Groups follow GPTQ's reference rule (``g_idx = column // group_size``, ``ceil(in / group_size)`` scales
+per row): when a layer's input width is not a multiple of the group size (SmolLM2's 576, a 172-wide
+MLP), the last group of each row is shorter and holds the remaining columns; a layer narrower than
+the group size is one group per row. Nothing is refused for its shape.
 Rounding is round-half-to-even (``torch.round``). Linear layers only; ``lm_head`` is left in full
 precision unless ``include_lm_head``.
 """
@@ -27,11 +32,26 @@ from ..errors import InputError
 from .base import QuantProof, QuantResult, count_levels_per_group, verify_proof
 
 
+def pad_to_groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``weight`` [out, in] widened to a multiple of ``group_size`` columns by repeating each row's last
+    value: the last (shorter) group's min, max, absmax and distinct values are unchanged."""
+    extra = -weight.shape[-1] % group_size
+    if not extra:
+        return weight
+    return torch.cat([weight, weight[..., -1:].expand(*weight.shape[:-1], extra)], dim=-1)
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    """Groups per row: ``ceil(in_features / group_size)`` (the last one may be shorter)."""
+    return -(-in_features // group_size)
+
+
 @dataclass(frozen=True)
 class GroupGrid:
     """The RTN grid of one weight matrix, per group: ``w' = (q - zero) * scale``.
 
     ``scale`` and ``zero`` have shape [out, n_groups, 1]; ``qmin``/``qmax`` bound the integer codes.
+    ``in_features`` is the matrix's true width (the last group may be shorter than ``group_size``).
     """
 
     scale: torch.Tensor
@@ -39,27 +59,39 @@ class GroupGrid:
     qmin: int
     qmax: int
     group_size: int
+    in_features: int
 
     def grouped(self, weight: torch.Tensor) -> torch.Tensor:
-        out_features, in_features = weight.shape
-        return weight.reshape(out_features, in_features // self.group_size, self.group_size)
+        """``weight`` [out, in] as [out, n_groups, group_size] (the short last group padded, see
+        :func:`pad_to_groups`); :meth:`ungroup` undoes it."""
+        padded = pad_to_groups(weight, self.group_size)
+        return padded.reshape(weight.shape[0], padded.shape[1] // self.group_size, self.group_size)
+
+    def ungroup(self, grouped: torch.Tensor) -> torch.Tensor:
+        return grouped.reshape(grouped.shape[0], -1)[:, : self.in_features]
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``weight`` on this grid, shaped like ``weight``."""
         q = torch.round(self.grouped(weight) / self.scale) + self.zero
-        return q.clamp(self.qmin, self.qmax).reshape(weight.shape)
+        return self.ungroup(q.clamp(self.qmin, self.qmax))
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        return ((self.grouped(codes) - self.zero) * self.scale).reshape(codes.shape)
+        return self.ungroup((self.grouped(codes) - self.zero) * self.scale)
+
+    def steps(self) -> torch.Tensor:
+        """The quantization step at each weight (the group's scale), shaped like the matrix."""
+        return self.ungroup(self.scale.expand(-1, -1, self.group_size))
+
+    def params(self) -> torch.Tensor:
+        """Scale and zero point of each group, [groups, 2]."""
+        return torch.cat([self.scale, self.zero], dim=-1).reshape(-1, 2)
 
 
 def rtn_grid(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool = False) -> GroupGrid:
     """The RTN grid that ``weight`` itself defines (min/max or absmax per group)."""
     out_features, in_features = weight.shape
-    if in_features % group_size:
-        raise InputError(f"group size {group_size} does not divide a layer with {in_features} inputs",
-                         "choose a group size that divides every linear layer's input size")
-    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    groups = pad_to_groups(weight.detach().float(), group_size)
+    groups = groups.reshape(out_features, groups.shape[1] // group_size, group_size)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         qmin = -(2 ** (bits - 1))
@@ -75,7 +107,7 @@ def rtn_grid(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool =
         flat = lo.abs()
         scale = torch.where(scale > 0, scale, torch.where(flat > 0, flat, torch.ones_like(flat)))
         zero = torch.round(-lo / scale)
-    return GroupGrid(scale=scale, zero=zero, qmin=qmin, qmax=qmax, group_size=group_size)
+    return GroupGrid(scale=scale, zero=zero, qmin=qmin, qmax=qmax, group_size=group_size, in_features=in_features)
 
 
 def rtn_fake_quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool = False) -> torch.Tensor:
@@ -141,23 +173,20 @@ class RTNQuantizer:
             "layers": "all nn.Linear" + ("" if self.include_lm_head else " except lm_head"),
         }
 
-    def grid(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` [out, in] as this quantizer maps it (for the weight-level diagnostic)."""
-        return rtn_fake_quantize(weight, self.bits, self.group_size, self.symmetric)
+    def fit_grid(self, weight: torch.Tensor) -> GroupGrid:
+        """The grid this quantizer fits to ``weight`` [out, in] (for the weight-level diagnostic)."""
+        return rtn_grid(weight, self.bits, self.group_size, self.symmetric)
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> QuantResult:
         layers, skipped = quantizable_linears(model, self.include_lm_head)
-        for name, layer in layers:  # validate every layer before changing any
-            if layer.in_features % self.group_size:
-                raise InputError(
-                    f"group size {self.group_size} does not divide layer {name} ({layer.in_features} inputs)",
-                    "choose a group size that divides every linear layer's input size")
-        max_levels, groups = 0, 0
+        max_levels, groups, short = 0, 0, 0
         for _, layer in layers:
             layer.weight.copy_(rtn_fake_quantize(layer.weight, self.bits, self.group_size, self.symmetric))
             max_levels = max(max_levels, count_levels_per_group(layer.weight, self.group_size))
-            groups += layer.weight.numel() // self.group_size
+            groups += layer.out_features * n_groups(layer.in_features, self.group_size)
+            if layer.in_features % self.group_size:
+                short += layer.out_features
         proof = QuantProof(layers_quantized=len(layers), layers_skipped=skipped, groups_checked=groups,
-                           max_levels=max_levels, allowed_levels=2**self.bits)
+                           max_levels=max_levels, allowed_levels=2**self.bits, short_groups=short)
         return QuantResult(label=self.label, settings=self.settings(), proof=verify_proof(self.label, proof))

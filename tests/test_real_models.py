@@ -1,0 +1,90 @@
+"""Real checkpoints nobody here built: karpathy's stories260K (a real sentencepiece tokenizer, tied
+embeddings, layer widths 64 and 172) audited through the real loading code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unlearn_audit.cli import app
+from unlearn_audit.miniature.nudge import nudge_checkpoint
+
+STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
+runner = CliRunner()
+
+
+def sentencepiece_only(dest: Path) -> Path:
+    """stories260K as most Llama-1/2-era fine-tunes ship: ``tokenizer.model`` and no ``tokenizer.json``."""
+    shutil.copytree(STORIES, dest, ignore=shutil.ignore_patterns("tokenizer.json", "*.py", "*.md", "LICENSE"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def stories_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stories")
+    original = sentencepiece_only(root / "original")
+    nudged = nudge_checkpoint(original, root / "nudged", rel=1e-4, seed=0)
+    return original, nudged
+
+
+def test_sentencepiece_only_tokenizer_loads_and_matches_sentencepiece(stories_pair):
+    import sentencepiece as spm
+
+    from unlearn_audit.hub import resolve
+    from unlearn_audit.models import load_tokenizer
+
+    original, _ = stories_pair
+    assert not (original / "tokenizer.json").exists()
+    tok = load_tokenizer(resolve(str(original)))
+    sp = spm.SentencePieceProcessor(model_file=str(original / "tokenizer.model"))
+    for text in ("Once upon a time, there was a little girl named Lily.", "The 3 dogs ran 12 miles!\nAnswer: "):
+        assert tok(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+
+
+def test_audit_of_real_sentencepiece_checkpoints_with_default_variants(world, stories_pair, tmp_path):
+    """Done-when of the real-checkpoint issue: the default --quant runs on real layer widths (172, 64) and
+    a real sentencepiece tokenizer; the original never saw the miniature's stories: INCONCLUSIVE."""
+    original, nudged = stories_pair
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["check", str(nudged), "--original", str(original), "--forget", "miniature/news",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(out), "--format", "json,md,html"])
+    assert result.exit_code == 4, result.output
+    record = json.loads((out / "report.json").read_text())
+    assert record["verdict"]["decision"] == "INCONCLUSIVE"
+    assert "does not measurably know the forget set" in record["verdict"]["headline"]
+    for run in record["runs"]:
+        if run["variant"] != "full":
+            assert run["proof"]["short_groups"] > 0  # 172-wide and 64-wide layers, groups of 128
+            assert run["proof"]["max_levels"] <= run["proof"]["allowed_levels"]
+    tok = record["models"]["unlearned"]["tokenizer"]
+    assert tok["how"] == "the model's own" and tok["built_from"] == "tokenizer.model" and tok["adds_bos"]
+
+
+def test_no_tokenizer_anywhere_is_one_line_with_the_fix(world, stories_pair, tmp_path):
+    original, nudged = stories_pair
+    bare_u, bare_o = tmp_path / "u", tmp_path / "o"
+    for src, dst in ((nudged, bare_u), (original, bare_o)):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tokenizer*"))
+    result = runner.invoke(app, ["check", str(bare_u), "--original", str(bare_o), "--forget", "miniature/news",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "holds no tokenizer files" in result.output and "--tokenizer" in result.output
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_tokenizer_flag_and_spec_key_supply_a_missing_tokenizer(world, stories_pair, tmp_path):
+    original, nudged = stories_pair
+    bare_u, bare_o = tmp_path / "u", tmp_path / "o"
+    for src, dst in ((nudged, bare_u), (original, bare_o)):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tokenizer*"))
+    result = runner.invoke(app, ["check", str(bare_u), "--original", str(bare_o), "--forget", "miniature/news",
+                                 "--tokenizer", str(original), "--quant", "rtn:4", "--max-items", "4",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "r"), "--format", "json"])
+    assert result.exit_code == 4, result.output
+    record = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert record["models"]["original"]["tokenizer"]["how"] == "--tokenizer"
+    assert record["models"]["original"]["tokenizer"]["source"] == str(original)

@@ -1,0 +1,71 @@
+"""Two-phase resolution: configs, tokenizers, cards, specs and the needed dataset configs first; weights
+only after everything that can fail without them was checked. ``snapshot_download`` is wrapped and every
+call's patterns are asserted."""
+
+from __future__ import annotations
+
+import huggingface_hub
+import pytest
+from typer.testing import CliRunner
+
+from unlearn_audit.cli import app
+from unlearn_audit.hub import METADATA_FILES, SUBFOLDERS
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen: list[dict] = []
+    real = huggingface_hub.snapshot_download
+
+    def spy(repo_id, **kwargs):  # noqa: ANN001, ANN202
+        seen.append({"repo": repo_id, "type": kwargs.get("repo_type"), "allow": kwargs.get("allow_patterns"),
+                     "ignore": kwargs.get("ignore_patterns")})
+        return real(repo_id, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    return seen
+
+
+def test_weights_are_fetched_last_and_only_top_level(world, calls, tmp_path):
+    result = runner.invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "2", "--min-items",
+                                 "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path), "--format", "json"])
+    assert result.exit_code in (0, 1, 4), result.output
+    phases = [(c["repo"], c["allow"]) for c in calls]
+    metadata = [c for c in calls if c["allow"] == METADATA_FILES]
+    assert [c["repo"] for c in metadata] == ["miniature/fragile", "miniature/original", "miniature/retrain"]
+    assert all(c["ignore"] == SUBFOLDERS for c in metadata)  # no checkpoint-*/ subfolders
+    dataset = [c for c in calls if c["type"] == "dataset"]
+    assert dataset and dataset[0]["allow"] == ["README.md", "*.yaml", "knowmem/*.parquet", "privleak/*.parquet",
+                                               "verbmem/*.parquet"]  # only the configs the spec names
+    weights = [i for i, c in enumerate(calls) if c["allow"] == ["*.safetensors"]]
+    assert [calls[i]["repo"] for i in weights] == ["miniature/fragile", "miniature/original", "miniature/retrain"]
+    assert min(weights) > max(i for i, c in enumerate(calls) if c["allow"] != ["*.safetensors"]), phases
+    assert all(calls[i]["ignore"] == SUBFOLDERS for i in weights)
+
+
+def test_bad_split_fails_before_any_weight_is_requested(world, calls, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("spec_version: 1\ndataset: miniature/news\nverbmem: {config: verbmem, split: nope}\n")
+    result = runner.invoke(app, ["check", "miniature/fragile", "--spec", str(spec), "--cache-dir",
+                                 str(world.hub_cache), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "has no split 'nope'" in result.output
+    assert calls, "the spy saw no call"
+    assert not [c for c in calls if any("safetensors" in p for p in (c["allow"] or []))]
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_sharded_index_names_the_weight_files(tmp_path):
+    import json
+
+    from unlearn_audit.hub import weight_patterns
+
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors",
+                        "c": "model-00001-of-00002.safetensors"}}))
+    assert weight_patterns(tmp_path, allow_pickle=False) == ["model-00001-of-00002.safetensors",
+                                                             "model-00002-of-00002.safetensors"]
+    (tmp_path / "model.safetensors.index.json").unlink()
+    assert weight_patterns(tmp_path, allow_pickle=True)[0] == "*.safetensors"
