@@ -172,16 +172,23 @@ def check(
         "--original", help="The original model (default: the spec's, else the card's base_model).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Revision of MODEL.")] = None,
     original_revision: Annotated[Optional[str], typer.Option("--original-revision")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        "--tokenizer", help="Tokenizer for every model (Hub id or folder); default: each model's own, else the "
+                            "spec's, else the original's.")] = None,
     quant: QuantOpt = list(DEFAULT_QUANT),
     out_dir: OutOpt = Path("unlearn-audit-out"),
     formats: FormatOpt = ",".join(DEFAULT_FORMATS),
     max_recovery: Annotated[float, typer.Option(help="FAIL when a variant recovers more than this share.")] = 0.25,
     max_residual: Annotated[float, typer.Option(help="FAIL when full precision keeps more than this share.")] = 0.5,
     min_gap: Annotated[float, typer.Option(help="Points by which the original must beat the reference.")] = 10.0,
+    min_items: Annotated[int, typer.Option(
+        help="Fewest items a metric needs to make the verdict PASS or FAIL (fewer: INCONCLUSIVE).")] = 20,
     max_items: MaxItemsOpt = None,
     batch_size: Annotated[str, typer.Option(
         help="Items per batch, or auto (from free GPU memory; 16 on CPU). Out of memory: halved and retried.")] = "auto",
     engine: Annotated[str, typer.Option(help="Inference backend: hf (transformers).")] = "hf",
+    chat_template: Annotated[bool, typer.Option(
+        "--chat-template", help="Apply the tokenizer's chat template to KnowMem questions (instruct models).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
     flavour: Annotated[str, typer.Option(
         help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
@@ -220,10 +227,11 @@ def check(
 
         config = AuditConfig(
             model=model, revision=revision, original=original, original_revision=original_revision,
-            forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
-            thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap),
+            tokenizer=tokenizer, forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
+            thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap,
+                                  min_items=min_items),
             probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine, seed=seed,
-                                 flavour=flavour,
+                                 flavour=flavour, chat_template=chat_template,
                                  sample_temperature=sample_temperature), device=device,
             dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
             calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
@@ -346,40 +354,35 @@ def diff(
     quant: QuantOpt = ["rtn:4,rtn:8,bnb:fp4,bnb:nf4,bnb:int8"],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
     layers: Annotated[bool, typer.Option(help="Show every layer, not only the totals.")] = False,
+    dtype: Annotated[str, typer.Option(
+        help="Compare as an audit in this dtype would (the narrowest of it and the stored dtypes).")] = "float32",
+    device: DeviceOpt = "cpu",
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
 ) -> None:
-    """Without any data: how much of the unlearning update each quantizer maps back onto the original."""
+    """Without any data: does each quantizer map the unlearned weights back onto the original's levels?"""
 
     def run() -> int:
-        from rich.table import Table
+        from rich.markup import escape
 
         from .hub import resolve
         from .quantize import parse_variants
         from .report.record import write_atomic
-        from .weights import weight_diff
+        from .weights import comparable_layers, weight_diff
 
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
         quantizers = parse_variants(_split(quant))
         u = resolve(model, cache_dir=cache_dir, offline=offline or None)
         o = resolve(original, cache_dir=cache_dir, offline=offline or None)
-        result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference))
-        table = Table(title=f"{u.reference} vs {o.reference}: linear weights (lm_head, embeddings, norms excluded)")
-        for column in ("quantizer", "layer", "moved by unlearning", "Q(u) = Q(o), all", "Q(u) = Q(o), moved",
-                       "‖Q(u)−Q(o)‖ / ‖u−o‖"):
-            table.add_column(column, justify="left" if column in ("quantizer", "layer") else "right")
-
-        def cells(d) -> list[str]:  # noqa: ANN001
-            pct = lambda x: "n/a" if x is None else f"{x * 100:.1f}%"  # noqa: E731
-            return [pct(d["moved"]), pct(d["same_code"]), pct(d["same_code_of_moved"]),
-                    "n/a" if d["norm_ratio"] is None else f"{d['norm_ratio']:.3f}"]
-
-        for label in result.quantizers:
-            if layers:
-                for row in result.layers.get(label, []):
-                    table.add_row(label, row.name, *cells(vars(row)))
-            if label in result.overall:
-                table.add_row(label, "[bold]all[/]", *cells(result.overall[label]))
-        out.print(table)
+        _, _, names = comparable_layers(u.path, o.path)
+        with reporter() as progress:
+            advance = progress.task("weight diagnostic", len(names))
+            result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference), run_dtype=dtype,
+                                 device=device, advance=advance)
+        out.print(diff_table(result.as_dict(), layers=layers))
+        for label, why in result.not_compared.items():
+            out.print(f"{escape(label)}: not compared ({escape(why)})", soft_wrap=True)
         if json_out is not None:
             import json
 
@@ -387,6 +390,40 @@ def diff(
         return 0
 
     raise typer.Exit(guarded(run))
+
+
+def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
+    """The weight diagnostic as a rich table (totals, and every layer when asked)."""
+    from rich.table import Table
+
+    table = Table(title=f"{record['unlearned']} vs {record['original']}: linear weights, compared in "
+                        f"{record['compare_dtype']} (lm_head, embeddings, norms excluded)")
+    columns = (("quantizer", "layer") if layers else ("quantizer",)) + (
+        "moved", "same level", "on orig. grid", "grid moved", "update/step", "reading")
+    widest = max((len(q) for q in record["quantizers"]), default=9)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("quantizer", "layer", "reading") else "right",
+                         no_wrap=column == "quantizer", min_width=widest if column == "quantizer" else None)
+    table.caption = ("same level: share of moved weights whose level in Q(unlearned) equals Q(original)'s, each on its "
+                     "own grid; on orig. grid: on the original's grid; grid moved: mean relative change of the "
+                     "groups' scales; update/step: mean |u-o| in quantization steps. See README, weight-level "
+                     "diagnostic.")
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x * 100:.2f}%"
+
+    def cells(d: dict) -> list[str]:
+        return [pct(d["moved"]), pct(d["same_code_of_moved"]), pct(d["same_code_common_of_moved"]),
+                pct(d.get("scale_change_mean", d.get("scale_change_max"))),
+                "n/a" if d["update_steps"] is None else f"{d['update_steps']:.4f}", d.get("reading", "")]
+
+    for label in record["quantizers"]:
+        if layers:
+            for row in record["layers"].get(label, []):
+                table.add_row(label, row["name"], *cells(row))
+        if label in record["overall"]:
+            table.add_row(label, *(["[bold]all[/]"] if layers else []), *cells(record["overall"][label]))
+    return table
 
 
 spec_app = typer.Typer(help="Write, check and inspect forget-set specs (unlearn_audit.yaml).", no_args_is_help=True)

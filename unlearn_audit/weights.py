@@ -1,15 +1,38 @@
 """Weight-level diagnostic: does quantization map the unlearned weights back onto the original's?
 
-Without any data: for each quantizer with a fixed grid, and each linear weight matrix (``lm_head``,
-embeddings and norms excluded), the share of weights whose quantized value in the unlearned model equals
-the one in the original, and ``||Q(u) - Q(o)|| / ||u - o||`` (near 0: quantization erases the
-unlearning update; near 1: it keeps it). A high share predicts recovery before a single probe runs.
+Without any data, for each quantizer with a fixed grid (RTN, bitsandbytes) and each linear weight
+matrix (``lm_head``, embeddings and norms excluded), among the weights unlearning moved:
 
-Tensors are read one pair at a time from safetensors (``safe_open``), so memory stays at two tensors.
+* **same level** (the headline): the share whose integer level in the quantized unlearned model equals
+  the one in the quantized original, each model on the grid the quantizer fits to it (what the two
+  quantized checkpoints store), read together with **how far the grids moved**: the share of groups
+  whose parameters (scale, zero point, absmax) changed at all and the mean and largest relative change
+  of their scale. Equal levels on grids that moved by a hair are equal values up to that hair.
+* **same level on the original's grid** (a common grid): the grid fitted to the original's matrix holds
+  both models' weights. It isolates the update from the grid's own movement: whether each moved weight
+  stayed in the original's cell. Where an update also moves the groups' ranges a lot (a strong update),
+  the quantizer does not use this grid for the unlearned model, so the headline is the own-grid share.
+* **distance in steps**: the mean update ``|u - o|`` in units of the original's quantization step, and
+  the mean level distance ``|level(u) - level(o)|`` on the common grid.
+
+Not used, because they mislead: exact float equality of ``Q(u)`` and ``Q(o)`` (a dense update moves every
+group's range by an epsilon, so every value differs by an epsilon while every level is the same), and
+``||Q(u) - Q(o)|| / ||u - o||`` (for an update much smaller than a step it is dominated by the rare
+weights that round across a boundary, a whole step each, and is large whether or not quantization
+erases the update).
+
+The reading: same level >= 95% with the grids' scales moved by under 1% on average: **predicts
+recovery** (the quantized unlearned model is the quantized original in all but a few weights); same
+level below 50%: **predicts the update survives**; otherwise, or when nothing moved: **cannot tell**.
+
+Weights are compared in the narrowest of the two stored dtypes and the dtype the audit runs in (a bfloat16
+copy of a float32 original is not "moved" by its rounding), streamed one tensor pair at a time from
+safetensors, on ``device`` (an accelerator when the audit has one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +43,14 @@ from .errors import InputError
 from .quantize import Quantizer
 
 _SKIP = ("lm_head", "embed", "wte", "wpe", "norm", "ln_")
+RECOVERY_AT = 0.95
+"""Same-level share of moved weights at or above which the diagnostic predicts recovery..."""
+GRID_STILL = 0.01
+"""...when the groups' scales moved by less than this relative amount on average."""
+SURVIVES_BELOW = 0.50
+"""Same-level share of moved weights below which it predicts that the update survives quantization."""
+READINGS = ("predicts recovery", "predicts the update survives", "cannot tell")
+_MANTISSA = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 
 
 def tensor_index(folder: Path) -> dict[str, Path]:
@@ -37,27 +68,87 @@ def tensor_index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def load_tensor(path: Path, name: str) -> torch.Tensor:
+def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One tensor from a safetensors file, as float32 (its values rounded to ``dtype`` first, if given)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        return handle.get_tensor(name).float()
+        t = handle.get_tensor(name)
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    return t.float()
+
+
+def compare_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The narrowest floating dtype among ``dtypes`` (fewest mantissa bits): differences finer than it are
+    storage artefacts, not unlearning."""
+    floats = [d for d in dtypes if d in _MANTISSA]
+    return min(floats, key=lambda d: _MANTISSA[d]) if floats else torch.float32
+
+
+def reading(same_code_of_moved: float | None, scale_change_mean: float = 0.0) -> str:
+    """The verdict-like reading of a same-level share of moved weights (see the module docstring)."""
+    if same_code_of_moved is None:
+        return "cannot tell"
+    if same_code_of_moved >= RECOVERY_AT and scale_change_mean < GRID_STILL:
+        return "predicts recovery"
+    if same_code_of_moved < SURVIVES_BELOW:
+        return "predicts the update survives"
+    return "cannot tell"
 
 
 @dataclass
 class LayerDiff:
-    """One weight matrix under one quantizer."""
+    """One weight matrix under one quantizer (shares in [0, 1])."""
 
     name: str
     numel: int
     moved: float
-    """Share of weights that unlearning changed at all."""
+    """Share of weights that unlearning changed (in the comparison dtype)."""
     same_code: float
-    """Share of weights with Q(u) == Q(o)."""
+    """Share of all weights whose level, each model on its own grid, equals the original's."""
     same_code_of_moved: float | None
-    """Among weights unlearning changed, the share quantization maps back onto the original's value."""
-    norm_ratio: float | None
-    """||Q(u) - Q(o)|| / ||u - o||."""
+    """The same among moved weights (the headline)."""
+    same_code_common: float
+    """Share of all weights whose level on the original's grid equals the original's."""
+    same_code_common_of_moved: float | None
+    """The same among moved weights."""
+    groups_changed: float
+    """Share of groups whose grid parameters differ between the two models' own grids."""
+    scale_change_max: float
+    """Largest relative change of a group's scale (absmax) between the two own grids."""
+    update_steps: float | None
+    """Mean |u - o| of moved weights, in the original's quantization steps."""
+    code_distance: float | None
+    """Mean |level(u) - level(o)| of moved weights on the original's grid."""
+
+
+@dataclass
+class _Totals:
+    numel: int = 0
+    moved: int = 0
+    same: int = 0
+    same_moved: int = 0
+    common: int = 0
+    common_moved: int = 0
+    groups: int = 0
+    groups_changed: int = 0
+    scale_change_max: float = 0.0
+    scale_change_sum: float = 0.0
+    steps_sum: float = 0.0
+    distance_sum: float = 0.0
+
+    def overall(self) -> dict[str, Any]:
+        of_moved = self.same_moved / self.moved if self.moved else None
+        change_mean = self.scale_change_sum / self.groups if self.groups else 0.0
+        return {"moved": self.moved / self.numel, "same_code": self.same / self.numel,
+                "same_code_of_moved": of_moved, "same_code_common": self.common / self.numel,
+                "same_code_common_of_moved": self.common_moved / self.moved if self.moved else None,
+                "groups_changed": self.groups_changed / self.groups if self.groups else 0.0,
+                "scale_change_max": self.scale_change_max, "scale_change_mean": change_mean,
+                "update_steps": self.steps_sum / self.moved if self.moved else None,
+                "code_distance": self.distance_sum / self.moved if self.moved else None,
+                "reading": reading(of_moved, change_mean)}
 
 
 @dataclass
@@ -67,65 +158,110 @@ class WeightDiff:
     unlearned: str
     original: str
     quantizers: list[str]
-    overall: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    compare_dtype: str = "float32"
+    overall: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, list[LayerDiff]] = field(default_factory=dict)
     not_compared: dict[str, str] = field(default_factory=dict)
     """Variants left out, with the reason (calibrated methods: their grid depends on data)."""
+    thresholds: dict[str, float] = field(default_factory=lambda: {
+        "recovery_at": RECOVERY_AT, "grid_still": GRID_STILL, "survives_below": SURVIVES_BELOW})
+    seconds: float = 0.0
+    """Wall time (kept out of :meth:`as_dict`: the record's figures do not vary between executions)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"unlearned": self.unlearned, "original": self.original, "quantizers": self.quantizers,
+                "compare_dtype": self.compare_dtype, "thresholds": self.thresholds,
                 "not_compared": self.not_compared, "overall": self.overall,
                 "layers": {q: [vars(layer) for layer in rows] for q, rows in self.layers.items()}}
 
 
-def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *, labels: tuple[str, str] = ("", ""),
-                advance=None) -> WeightDiff:  # noqa: ANN001
-    """Compare two checkpoints' linear weights under each fixed-grid quantizer."""
-    usable = [q for q in quantizers if q.fixed_grid]
+def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name: str, totals: _Totals) -> LayerDiff:
+    moved = u != o
+    n_moved = int(moved.sum())
+    grid_o, grid_u = quantizer.fit_grid(o), quantizer.fit_grid(u)
+    code_o = grid_o.codes(o)
+    same = grid_u.codes(u) == code_o  # each model on its own grid: what the quantized checkpoints store
+    code_common = grid_o.codes(u)  # the unlearned weights on the original's grid
+    common = code_common == code_o
+    p_o, p_u = grid_o.params(), grid_u.params()
+    changed = (p_o != p_u).any(dim=-1)
+    scale_o, scale_u = p_o[..., 0], p_u[..., 0]
+    rel = (scale_u - scale_o).abs() / torch.where(scale_o.abs() > 0, scale_o.abs(), torch.ones_like(scale_o))
+    steps_sum = float(((u - o).abs() / grid_o.steps())[moved].sum()) if n_moved else 0.0
+    distance_sum = float((code_common - code_o).abs()[moved].float().sum()) if n_moved else 0.0
+    counts = {"same": int(same.sum()), "same_moved": int((same & moved).sum()), "common": int(common.sum()),
+              "common_moved": int((common & moved).sum())}
+    totals.numel += u.numel()
+    totals.moved += n_moved
+    totals.same += counts["same"]
+    totals.same_moved += counts["same_moved"]
+    totals.common += counts["common"]
+    totals.common_moved += counts["common_moved"]
+    totals.groups += changed.numel()
+    totals.groups_changed += int(changed.sum())
+    totals.scale_change_max = max(totals.scale_change_max, float(rel.max()))
+    totals.scale_change_sum += float(rel.sum())
+    totals.steps_sum += steps_sum
+    totals.distance_sum += distance_sum
+    return LayerDiff(name=name, numel=u.numel(), moved=n_moved / u.numel(), same_code=counts["same"] / u.numel(),
+                     same_code_of_moved=counts["same_moved"] / n_moved if n_moved else None,
+                     same_code_common=counts["common"] / u.numel(),
+                     same_code_common_of_moved=counts["common_moved"] / n_moved if n_moved else None,
+                     groups_changed=float(changed.float().mean()), scale_change_max=float(rel.max()),
+                     update_steps=steps_sum / n_moved if n_moved else None,
+                     code_distance=distance_sum / n_moved if n_moved else None)
+
+
+def comparable_layers(unlearned: Path, original: Path) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """The two checkpoints' tensor indexes and the linear weight names the diagnostic compares."""
     u_index, o_index = tensor_index(unlearned), tensor_index(original)
     names = [n for n in u_index if n.endswith(".weight") and not any(s in n for s in _SKIP)]
     missing = [n for n in names if n not in o_index]
     if missing:
         raise InputError(f"the original lacks weight {missing[0]} (and {len(missing) - 1} more)",
                          "compare a checkpoint with the model it was unlearned from")
+    return u_index, o_index, names
+
+
+def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *, labels: tuple[str, str] = ("", ""),
+                run_dtype: str = "float32", device: str = "cpu",
+                advance: Callable[[int], None] | None = None) -> WeightDiff:
+    """Compare two checkpoints' linear weights under each fixed-grid quantizer (see the module docstring).
+    ``advance(1)`` is called after each tensor pair (progress)."""
+    import time
+
+    from safetensors import safe_open
+
+    started = time.time()
+    usable = [q for q in quantizers if q.fixed_grid]
+    u_index, o_index, names = comparable_layers(unlearned, original)
     result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable],
                         not_compared={q.label: "its grid depends on calibration data, so it cannot be compared "
                                       "without running it; see its probe results" for q in quantizers
                                       if not q.fixed_grid})
-    totals = {q.label: {"numel": 0, "moved": 0, "same": 0, "same_moved": 0, "num": 0.0, "den": 0.0} for q in usable}
-    for name in names:
-        u, o = load_tensor(u_index[name], name), load_tensor(o_index[name], name)
-        if u.ndim != 2 or u.shape != o.shape:
+    totals = {q.label: _Totals() for q in usable}
+    target = getattr(torch, run_dtype)
+    seen: set[torch.dtype] = set()
+    for name in names if usable else []:  # nothing to compare: no tensor is read
+        with safe_open(str(u_index[name]), framework="pt") as hu, safe_open(str(o_index[name]), framework="pt") as ho:
+            u_raw, o_raw = hu.get_tensor(name), ho.get_tensor(name)
+        if u_raw.ndim != 2 or u_raw.shape != o_raw.shape:
+            if advance:
+                advance(1)
             continue
-        moved = u != o
-        delta = float((u - o).pow(2).sum())
-        for q in usable:
-            try:
-                qu, qo = q.grid(u), q.grid(o)
-            except InputError:
-                continue  # e.g. a group size that does not divide this layer
-            same = qu == qo
-            num = float((qu - qo).pow(2).sum())
-            n_moved = int(moved.sum())
-            result.layers.setdefault(q.label, []).append(LayerDiff(
-                name=name, numel=u.numel(), moved=n_moved / u.numel(), same_code=float(same.float().mean()),
-                same_code_of_moved=float((same & moved).sum()) / n_moved if n_moved else None,
-                norm_ratio=(num / delta) ** 0.5 if delta else None))
-            t = totals[q.label]
-            t["numel"] += u.numel()
-            t["moved"] += n_moved
-            t["same"] += int(same.sum())
-            t["same_moved"] += int((same & moved).sum())
-            t["num"] += num
-            t["den"] += delta
+        dtype = compare_dtype(u_raw.dtype, o_raw.dtype, target)
+        seen.add(dtype)
+        u = u_raw.to(device=device).to(dtype).float()
+        o = o_raw.to(device=device).to(dtype).float()
+        del u_raw, o_raw
+        with torch.no_grad():
+            for q in usable:
+                result.layers.setdefault(q.label, []).append(_compare_layer(u, o, q, name, totals[q.label]))
         if advance:
             advance(1)
     for label, t in totals.items():
-        if not t["numel"]:
-            continue
-        result.overall[label] = {
-            "moved": t["moved"] / t["numel"], "same_code": t["same"] / t["numel"],
-            "same_code_of_moved": t["same_moved"] / t["moved"] if t["moved"] else None,
-            "norm_ratio": (t["num"] / t["den"]) ** 0.5 if t["den"] else None,
-        }
+        if t.numel:
+            result.overall[label] = t.overall()
+    result.compare_dtype = str(compare_dtype(*seen)).replace("torch.", "") if seen else run_dtype
+    result.seconds = round(time.time() - started, 2)
     return result

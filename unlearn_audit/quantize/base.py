@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +23,8 @@ class QuantProof:
         groups_checked: quantization groups whose distinct values were counted.
         max_levels: the largest number of distinct values found in one group.
         allowed_levels: 2 ** bits; ``max_levels`` must not exceed it.
+        short_groups: groups shorter than the group size (the last group of each row of a layer whose
+            width is not a multiple of it), counted among ``groups_checked``.
     """
 
     layers_quantized: int
@@ -28,6 +32,7 @@ class QuantProof:
     groups_checked: int
     max_levels: int
     allowed_levels: int
+    short_groups: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +41,7 @@ class QuantProof:
             "groups_checked": self.groups_checked,
             "max_levels": self.max_levels,
             "allowed_levels": self.allowed_levels,
+            "short_groups": self.short_groups,
         }
 
 
@@ -47,6 +53,28 @@ class QuantResult:
     settings: dict[str, Any]
     proof: QuantProof
     notes: list[str] = field(default_factory=list)
+
+
+class FittedGrid(Protocol):
+    """A fixed quantization grid fitted to one weight matrix (RTN groups, bitsandbytes blocks, int8 rows).
+
+    The weight-level diagnostic fits it to the original's weights and places both models' weights on it
+    (a common grid), and fits one to the unlearned weights to see how far the grids themselves moved.
+    """
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integer level of each weight of ``weight`` (same shape) on this grid."""
+        ...
+
+    def steps(self) -> torch.Tensor:
+        """The quantization step at each weight (shape of the fitted matrix): the distance between two
+        adjacent levels (a codebook's mean spacing for 4-bit float formats)."""
+        ...
+
+    def params(self) -> torch.Tensor:
+        """Per-group parameters [groups, k] (scale, zero point, absmax): equal for two models' own grids
+        exactly when the quantizer would use the same grid for both."""
+        ...
 
 
 class Quantizer(Protocol):
@@ -76,8 +104,8 @@ class Quantizer(Protocol):
 
     def load_config(self) -> Any: ...
 
-    def grid(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` [out, in] mapped onto this method's grid (fixed-grid methods only)."""
+    def fit_grid(self, weight: torch.Tensor) -> FittedGrid:
+        """The grid this method fits to ``weight`` [out, in] (fixed-grid methods only)."""
         ...
 
     def apply(self, model: nn.Module) -> QuantResult: ...
@@ -90,9 +118,13 @@ def max_distinct(values: torch.Tensor) -> int:
 
 
 def count_levels_per_group(weight: torch.Tensor, group_size: int) -> int:
-    """Largest number of distinct values in any group of ``group_size`` input columns."""
+    """Largest number of distinct values in any group of ``group_size`` input columns (the last group
+    of a row may be shorter; padding it with its own last value adds no distinct value)."""
     out_features, in_features = weight.shape
-    return max_distinct(weight.reshape(out_features, in_features // group_size, group_size))
+    extra = -in_features % group_size
+    if extra:
+        weight = torch.cat([weight, weight[:, -1:].expand(out_features, extra)], dim=1)
+    return max_distinct(weight.reshape(out_features, -1, group_size))
 
 
 def verify_proof(label: str, proof: QuantProof) -> QuantProof:
@@ -106,3 +138,30 @@ def verify_proof(label: str, proof: QuantProof) -> QuantProof:
             f"the {proof.allowed_levels} its bit width allows",
             "report this as a bug; the variant is not a real quantization")
     return proof
+
+
+@contextmanager
+def library_failures(label: str, model: nn.Module | None) -> Iterator[None]:
+    """Turn a quantization library's crash while a variant runs (an assertion about a layer shape, an
+    unsupported kernel) into one :class:`QuantizationError` naming the variant and the layer that was
+    running. Out-of-memory errors pass through (the engine handles them)."""
+    current: list[str] = []
+    handles = []
+    if model is not None:
+        for name, module in model.named_modules():
+            if not list(module.children()):  # leaf modules: the ones whose kernels fail
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, _a, name=name: current.__setitem__(slice(None), [name])))
+    try:
+        yield
+    except (AssertionError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        layer = f" in layer {current[0]}" if current else ""
+        raise QuantizationError(f"variant {label} failed{layer}: {detail}",
+                                "leave this variant out (--quant) or try another method for this model; "
+                                "report the layer shape to the quantization library") from exc
+    finally:
+        for handle in handles:
+            handle.remove()

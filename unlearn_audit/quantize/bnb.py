@@ -19,6 +19,10 @@ from ..errors import InputError
 from .base import QuantProof, QuantResult, max_distinct, verify_proof
 
 INSTALL = "pip install 'bitsandbytes>=0.49'"
+_BLOCK = 64
+"""bitsandbytes' 4-bit block size (transformers' default, and the quantization paper's)."""
+_CPU_PACK_BLOCK = 32
+"""bitsandbytes' packed 4-bit CPU kernel needs out_features divisible by this (its ``block_n``)."""
 
 
 def _bnb():  # noqa: ANN202
@@ -83,26 +87,32 @@ class BnbQuantizer:
                                   bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=torch.float32)
 
     @torch.no_grad()
-    def grid(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` [out, in] as bitsandbytes stores it, dequantized (for the weight-level diagnostic):
-        4-bit via bitsandbytes itself; int8 as LLM.int8 quantizes weights (row-wise absmax, 127 levels
-        each side; its outlier split acts on activations, not weights)."""
-        bnb = _bnb()
-        w = weight.detach().float().contiguous()
+    def fit_grid(self, weight: torch.Tensor) -> BlockCodebookGrid | RowGrid:
+        """The grid bitsandbytes fits to ``weight`` [out, in] (for the weight-level diagnostic): 4-bit as
+        absmax per block of 64 consecutive elements of the flattened matrix and the nearest value of the
+        format's code book (how bitsandbytes assigns codes); int8 as LLM.int8 quantizes weights (row-wise
+        absmax, 127 levels each side; its outlier split acts on activations, not weights)."""
+        w = weight.detach().float()
         if self.kind == "int8":
-            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-            return torch.round(w / scale).clamp(-127, 127) * scale
-        q, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type=self.kind,
-                                                compress_statistics=self.double_quant)
-        return bnb.functional.dequantize_4bit(q, state).reshape(w.shape)
+            return RowGrid(w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127, w.shape)
+        code = torch.unique(_bnb().functional.get_4bit_type(self.kind, device="cpu").float()).to(w.device)
+        blocks = _blocks(w, 64)
+        return BlockCodebookGrid(blocks.abs().amax(dim=-1, keepdim=True), code, w.shape)
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> QuantResult:
         """Prove that ``model`` (loaded with :meth:`load_config`) holds this format's layers."""
         bnb = _bnb()
         quantized, skipped, groups, max_levels = 0, [], 0, 0
+        generic: list[str] = []
         for name, module in model.named_modules():
             if isinstance(module, bnb.nn.Linear4bit) and self.kind != "int8":
+                if module.out_features % _CPU_PACK_BLOCK and getattr(module, "support_avx512bf16_for_cpu", False):
+                    # bitsandbytes' packed CPU kernel (AVX512-BF16 machines) asserts out_features % 32 == 0
+                    # and dies on real widths (e.g. a 172-wide MLP); its generic path computes the same
+                    # dequantize-then-matmul for such a layer.
+                    module.support_avx512bf16_for_cpu = False
+                    generic.append(name)
                 state = module.weight.quant_state
                 if state.quant_type != self.kind or state.blocksize != 64:
                     continue
@@ -122,7 +132,63 @@ class BnbQuantizer:
         allowed = 255 if self.kind == "int8" else 16
         proof = QuantProof(layers_quantized=quantized, layers_skipped=skipped, groups_checked=groups,
                            max_levels=max_levels, allowed_levels=allowed)
-        return QuantResult(label=self.label, settings=self.settings(), proof=verify_proof(self.label, proof))
+        settings = self.settings()
+        if generic:
+            settings["cpu_generic_kernel_layers"] = generic
+        return QuantResult(label=self.label, settings=settings, proof=verify_proof(self.label, proof))
+
+
+def _blocks(weight: torch.Tensor, block: int) -> torch.Tensor:
+    """The flattened matrix as [n_blocks, block], zero-padded at the end (zeros change no absmax)."""
+    flat = weight.reshape(-1)
+    extra = -flat.numel() % block
+    if extra:
+        flat = torch.cat([flat, flat.new_zeros(extra)])
+    return flat.reshape(-1, block)
+
+
+@dataclass(frozen=True)
+class BlockCodebookGrid:
+    """bitsandbytes 4-bit: ``w' = absmax * code[level]`` per block of consecutive elements."""
+
+    absmax: torch.Tensor
+    """[n_blocks, 1]"""
+    code: torch.Tensor
+    """the format's code book, sorted, distinct values"""
+    shape: torch.Size
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        blocks = _blocks(weight.float(), _BLOCK)
+        scaled = blocks / torch.where(self.absmax > 0, self.absmax, torch.ones_like(self.absmax))
+        mids = (self.code[1:] + self.code[:-1]) / 2
+        levels = torch.bucketize(scaled, mids)
+        return levels.reshape(-1)[: self.shape.numel()].reshape(self.shape)
+
+    def steps(self) -> torch.Tensor:
+        spacing = (self.code[-1] - self.code[0]) / (len(self.code) - 1)
+        per_block = (self.absmax * spacing).expand(-1, _BLOCK)
+        return per_block.reshape(-1)[: self.shape.numel()].reshape(self.shape)
+
+    def params(self) -> torch.Tensor:
+        return self.absmax
+
+
+@dataclass(frozen=True)
+class RowGrid:
+    """LLM.int8 weights: ``w' = scale * round(w / scale)`` with a row-wise absmax scale, levels -127..127."""
+
+    scale: torch.Tensor
+    """[out, 1]"""
+    shape: torch.Size
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.round(weight.float() / self.scale).clamp(-127, 127)
+
+    def steps(self) -> torch.Tensor:
+        return self.scale.expand(self.shape)
+
+    def params(self) -> torch.Tensor:
+        return self.scale
 
 
 def quiet_bnb_warnings() -> None:
