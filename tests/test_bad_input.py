@@ -263,7 +263,7 @@ def test_runtime_faults_during_probing(world, tmp_path, monkeypatch, fault, frag
 
     monkeypatch.setattr(pipeline, "run_probes", boom)
     out = tmp_path / "o"
-    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8"], out)
+    result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8", "--no-cache"], out)
     _assert_one_line_error(result, 3, fragment, out)
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.report.record import SCHEMA_PATH, AuditReport, comparable, read_report
+from unlearn_audit.report.record import SCHEMA_PATH, comparable, read_report
 
 runner = CliRunner()
 

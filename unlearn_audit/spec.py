@@ -111,7 +111,7 @@ def parse_spec(data: Any, origin: str) -> ForgetSpec:
     """Validate a spec mapping; ``origin`` names where it came from, for the error message."""
     if not isinstance(data, dict):
         raise InputError(f"the forget-set spec in {origin} is not a mapping",
-                         f"write it as YAML keys, see `unlearn-audit spec` docs in README")
+                         "write it as YAML keys, see `unlearn-audit spec` docs in README")
     try:
         return ForgetSpec.model_validate(data)
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any
 
 from ..analysis import FULL, METRIC_LABELS
@@ -86,3 +88,33 @@ def update_card(readme: str, report: dict[str, Any]) -> str:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     return f"---\n{card.data.to_yaml()}\n---\n{text}"
+
+
+def push_card(rec: dict, folder: Path, repo_id: str, *, create_pr: bool) -> str:
+    """Upload the reports and the card change to ``repo_id`` (a pull request unless ``create_pr`` is False)."""
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+    from ..errors import ResolutionError
+
+    api = HfApi()
+    try:
+        try:
+            readme = Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8")
+        except EntryNotFoundError:
+            readme = ""
+        operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=update_card(readme, rec).encode())]
+        for name in ("report.json", "report.html", "report.md"):
+            if (folder / name).is_file():
+                operations.append(CommitOperationAdd(path_in_repo=f"unlearn-audit/{name}", path_or_fileobj=str(folder / name)))
+        info = api.create_commit(repo_id, operations=operations, create_pr=create_pr,
+                                 commit_message=f"unlearn-audit: {rec['verdict']['decision']}",
+                                 commit_description=rec["verdict"]["headline"])
+    except RepositoryNotFoundError:
+        raise ResolutionError(f"model '{repo_id}' does not exist on the Hub or is not visible to your token",
+                              "check the id; log in with `hf auth login` or set HF_TOKEN") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", "?")
+        raise ResolutionError(f"the Hub refused the update of '{repo_id}' (HTTP {status})",
+                              "use a token with write access to the repo (`hf auth login`)") from None
+    return info.pr_url if create_pr and info.pr_url else info.commit_url

@@ -1,0 +1,179 @@
+"""The audit commands: check, demo and miniature."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import DEFAULT_FORMATS, DEFAULT_QUANT, AuditConfig, ProbeSettings, Thresholds
+from ..errors import ExitCode
+from .common import (CacheOpt, DeviceOpt, FormatOpt, MaxItemsOpt, OutOpt, QuantOpt, RebuildOpt, RootOpt, _batch_size,
+                     _ci_outputs, _print_verdict, _split, app, err, guarded, out, reporter)
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id (org/name) or local folder.")],
+    forget: Annotated[Optional[str], typer.Option(
+        "--forget", help="Forget set: preset (news, books), dataset repo id or folder.")] = None,
+    spec: Annotated[Optional[Path], typer.Option("--spec", help="Forget-set spec file (unlearn_audit.yaml).")] = None,
+    original: Annotated[Optional[str], typer.Option(
+        "--original", help="The original model (default: the spec's, else the card's base_model).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Revision of MODEL.")] = None,
+    original_revision: Annotated[Optional[str], typer.Option("--original-revision")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        "--tokenizer", help="Tokenizer for every model (Hub id or folder); default: each model's own, else the "
+                            "spec's, else the original's.")] = None,
+    quant: QuantOpt = list(DEFAULT_QUANT),
+    out_dir: OutOpt = Path("unlearn-audit-out"),
+    formats: FormatOpt = ",".join(DEFAULT_FORMATS),
+    max_recovery: Annotated[float, typer.Option(help="FAIL when a variant recovers more than this share.")] = 0.25,
+    max_residual: Annotated[float, typer.Option(help="FAIL when full precision keeps more than this share.")] = 0.5,
+    min_gap: Annotated[float, typer.Option(help="Points by which the original must beat the reference.")] = 10.0,
+    min_items: Annotated[int, typer.Option(
+        help="Fewest items a metric needs to make the verdict PASS or FAIL (fewer: INCONCLUSIVE).")] = 20,
+    max_items: MaxItemsOpt = None,
+    batch_size: Annotated[str, typer.Option(
+        help="Items per batch, or auto (from free GPU memory; 16 on CPU). Out of memory: halved and retried.")] = "auto",
+    engine: Annotated[str, typer.Option(help="Inference backend: hf (transformers).")] = "hf",
+    chat_template: Annotated[bool, typer.Option(
+        "--chat-template", help="Apply the tokenizer's chat template to KnowMem questions (instruct models).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
+    flavour: Annotated[str, typer.Option(
+        help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
+             "(stemmer, max(1, int(n*k))).")] = "muse",
+    sample_temperature: Annotated[Optional[float], typer.Option(
+        help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
+             "code does (0.9).")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: Annotated[str, typer.Option(
+        help="Weights and activations of full-precision runs: auto (float32 on CPU, bfloat16 on GPU), float32, "
+             "bfloat16 or float16.")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(
+        help="auto: spread a model too large for one GPU over all of them (accelerate).")] = None,
+    cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", help="Reuse probe results of earlier runs with the same model revision, variant, "
+                                   "probe settings, data and tool version (and store new ones).")] = True,
+    results_dir: Annotated[Optional[Path], typer.Option(
+        "--results-dir", help="Result cache folder (default: $UNLEARN_AUDIT_RESULTS, else "
+                              "~/.cache/unlearn_audit/results).")] = None,
+    calibration: Annotated[str, typer.Option(
+        help="Calibration text for gptq/awq: generic (shipped corpus), forget (the forget set: a stronger "
+             "attack, only when asked) or a text file (paragraphs separated by blank lines).")] = "generic",
+    cache_dir: CacheOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run model code from the repo (review it first).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin weights (can run code).")] = False,
+    junit: Annotated[Optional[Path], typer.Option(help="Also write a JUnit XML file here (one case per share).")] = None,
+) -> None:
+    """Audit MODEL: probe it and its original at full precision and quantized; write the reports.
+
+    Exit codes: 0 PASS, 1 FAIL, 2 bad usage or input, 3 runtime failure, 4 INCONCLUSIVE.
+    With GITHUB_STEP_SUMMARY set, the verdict and recovery table are appended to it."""
+
+    def run() -> int:
+        from ..pipeline import audit, prepare_out_dir, write_reports
+
+        config = AuditConfig(
+            model=model, revision=revision, original=original, original_revision=original_revision,
+            tokenizer=tokenizer, forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
+            thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap,
+                                  min_items=min_items),
+            probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine, seed=seed,
+                                 flavour=flavour, chat_template=chat_template,
+                                 sample_temperature=sample_temperature), device=device,
+            dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
+            calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
+        prepare_out_dir(out_dir)
+        with reporter() as progress:
+            report = audit(config, progress)
+        files = write_reports(report, out_dir, config.formats)
+        _ci_outputs(report.to_dict(), junit)
+        _print_verdict(report.verdict, files)
+        return int(report.verdict["exit_code"])
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def demo(
+    out_dir: OutOpt = Path("unlearn-audit-demo"),
+    quant: QuantOpt = ["rtn:8,rtn:4,bnb:fp4"],
+    root: RootOpt = None,
+    rebuild: RebuildOpt = False,
+) -> None:
+    """Build (or reuse) the miniature world and audit its fragile and robust checkpoints."""
+
+    def run() -> int:
+        from ..pipeline import audit, prepare_out_dir, write_reports
+
+        world = _build_world(root, rebuild)
+        expected = {"fragile": "FAIL", "robust": "PASS"}
+        ok = True
+        for name, want in expected.items():
+            folder = out_dir / name
+            prepare_out_dir(folder)
+            config = AuditConfig(model=world.repo(name), quant=_split(quant), out_dir=folder, cache_dir=world.hub_cache,
+                                 offline=True, command=f"HF_HUB_CACHE={shlex.quote(str(world.hub_cache))} HF_HUB_OFFLINE=1 "
+                                 f"unlearn-audit check {world.repo(name)} --quant {','.join(_split(quant))} --out {shlex.quote(str(folder))}")
+            with reporter() as progress:
+                report = audit(config, progress)
+            files = write_reports(report, folder, config.formats)
+            out.print(f"[bold]{world.repo(name)}[/] (expected {want})")
+            _print_verdict(report.verdict, files)
+            ok &= report.verdict["decision"] == want
+        out.print(f"\nAudit the miniature yourself:\n  HF_HUB_CACHE={world.hub_cache} HF_HUB_OFFLINE=1 "
+                  "unlearn-audit check miniature/fragile --quant paper,rtn:4,rtn:3", soft_wrap=True)
+        if not ok:
+            err.print("[bold red]error:[/] the miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
+                      "Fix: rebuild it with --rebuild; if it persists, report it.", soft_wrap=True)
+            return int(ExitCode.FAIL)
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..miniature.build import build_miniature
+
+    if not err.is_terminal:  # logs: a line per finished stage
+        def line(stage: str, done: int, total: int) -> None:
+            if done == total:
+                err.print(f"miniature: {stage} done", soft_wrap=True)
+
+        return build_miniature(root, force=rebuild, progress=line)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        world = build_miniature(root, force=rebuild, progress=tick)
+    return world
+
+
+@app.command()
+def miniature(
+    root: RootOpt = None,
+    rebuild: RebuildOpt = False,
+) -> None:
+    """Build (or find) the miniature world and print where its Hub cache is."""
+
+    def run() -> int:
+        world = _build_world(root, rebuild)
+        print(f"HF_HUB_CACHE={world.hub_cache}")  # plain: scripts read this line (rich would wrap it)
+        out.print("repos: miniature/news (dataset), miniature/original, miniature/retrain, miniature/fragile, "
+                  "miniature/robust", soft_wrap=True)
+        return 0
+
+    raise typer.Exit(guarded(run))

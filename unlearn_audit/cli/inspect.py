@@ -1,0 +1,101 @@
+"""Commands that look without auditing: diff (the weight diagnostic alone) and quantizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from .common import CacheOpt, DeviceOpt, QuantOpt, _split, app, guarded, out, reporter
+
+
+@app.command()
+def diff(
+    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id or local folder.")],
+    original: Annotated[str, typer.Option("--original", help="The model it was unlearned from.")],
+    quant: QuantOpt = ["rtn:4,rtn:8,bnb:fp4,bnb:nf4,bnb:int8"],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    layers: Annotated[bool, typer.Option(help="Show every layer, not only the totals.")] = False,
+    dtype: Annotated[str, typer.Option(
+        help="Compare as an audit in this dtype would (the narrowest of it and the stored dtypes).")] = "float32",
+    device: DeviceOpt = "cpu",
+    cache_dir: CacheOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
+) -> None:
+    """Without any data: does each quantizer map the unlearned weights back onto the original's levels?"""
+
+    def run() -> int:
+        from rich.markup import escape
+
+        from ..hub import resolve
+        from ..quantize import parse_variants
+        from ..report.record import write_atomic
+        from ..weights import comparable_layers, weight_diff
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
+        quantizers = parse_variants(_split(quant))
+        u = resolve(model, cache_dir=cache_dir, offline=offline or None)
+        o = resolve(original, cache_dir=cache_dir, offline=offline or None)
+        _, _, names = comparable_layers(u.path, o.path)
+        with reporter() as progress:
+            advance = progress.task("weight diagnostic", len(names))
+            result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference), run_dtype=dtype,
+                                 device=device, advance=advance)
+        out.print(diff_table(result.as_dict(), layers=layers))
+        for label, why in result.not_compared.items():
+            out.print(f"{escape(label)}: not compared ({escape(why)})", soft_wrap=True)
+        if json_out is not None:
+            import json
+
+            write_atomic(json_out, json.dumps(result.as_dict(), indent=2))
+        return 0
+
+    raise typer.Exit(guarded(run))
+
+
+def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
+    """The weight diagnostic as a rich table (totals, and every layer when asked)."""
+    from rich.table import Table
+
+    table = Table(title=f"{record['unlearned']} vs {record['original']}: linear weights, compared in "
+                        f"{record['compare_dtype']} (lm_head, embeddings, norms excluded)")
+    columns = (("quantizer", "layer") if layers else ("quantizer",)) + (
+        "moved", "same level", "on orig. grid", "grid moved", "update/step", "reading")
+    widest = max((len(q) for q in record["quantizers"]), default=9)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("quantizer", "layer", "reading") else "right",
+                         no_wrap=column == "quantizer", min_width=widest if column == "quantizer" else None)
+    table.caption = ("same level: share of moved weights whose level in Q(unlearned) equals Q(original)'s, each on its "
+                     "own grid; on orig. grid: on the original's grid; grid moved: mean relative change of the "
+                     "groups' scales; update/step: mean |u-o| in quantization steps. See README, weight-level "
+                     "diagnostic.")
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x * 100:.2f}%"
+
+    def cells(d: dict) -> list[str]:
+        return [pct(d["moved"]), pct(d["same_code_of_moved"]), pct(d["same_code_common_of_moved"]),
+                pct(d.get("scale_change_mean", d.get("scale_change_max"))),
+                "n/a" if d["update_steps"] is None else f"{d['update_steps']:.4f}", d.get("reading", "")]
+
+    for label in record["quantizers"]:
+        if layers:
+            for row in record["layers"].get(label, []):
+                table.add_row(label, row["name"], *cells(row))
+        if label in record["overall"]:
+            table.add_row(label, *(["[bold]all[/]"] if layers else []), *cells(record["overall"][label]))
+    return table
+
+
+@app.command()
+def quantizers() -> None:
+    """List the quantization methods, their --quant syntax and what each needs."""
+    from ..quantize import METHODS
+
+    from rich.markup import escape
+
+    for info in METHODS.values():
+        out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {escape(info.summary)}\n  needs: {escape(info.needs)}")
