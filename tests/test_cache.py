@@ -69,7 +69,7 @@ def test_killed_audit_resumes_with_only_what_was_missing_and_the_same_record(wor
     ref = _cli(world, out, tmp_path / "fresh")
     assert ref.wait(timeout=600) == 1, ref.stderr.read()
     reference = json.loads((out / "report.json").read_text())
-    assert len(reference["execution"]["cache"]["computed"]) == 5  # unlearned and original x 2, retrain
+    assert len(reference["execution"]["cache"]["computed"]) == 6  # unlearned, original and retrain x (full, rtn:4)
 
     # the same audit, killed once two results are in the cache
     results = tmp_path / "results"
@@ -88,7 +88,7 @@ def test_killed_audit_resumes_with_only_what_was_missing_and_the_same_record(wor
     assert again.wait(timeout=600) == 1, again.stderr.read()
     resumed = json.loads((out / "report.json").read_text())
     cache = resumed["execution"]["cache"]
-    assert len(cache["reused"]) == done and len(cache["computed"]) == 5 - done
+    assert len(cache["reused"]) == done and len(cache["computed"]) == 6 - done
     assert comparable(resumed) == comparable(reference)
 
     # a third run computes nothing and still gives the same record
@@ -108,7 +108,7 @@ def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp
                             env=env, capture_output=True, text=True, timeout=600)
     assert robust.returncode == 0, robust.stderr
     cache = json.loads((tmp_path / "b" / "report.json").read_text())["execution"]["cache"]
-    assert sorted(cache["reused"]) == ["original/full", "original/rtn:4:g128", "retrain/full"]
+    assert sorted(cache["reused"]) == ["original/full", "original/rtn:4:g128", "retrain/full", "retrain/rtn:4:g128"]
     assert sorted(cache["computed"]) == ["unlearned/full", "unlearned/rtn:4:g128"]
 
 

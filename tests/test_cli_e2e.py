@@ -31,7 +31,7 @@ def test_fragile_checkpoint_fails_because_4bit_brings_memory_back(audits):
     assert result.exit_code == 1, result.output
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html"}
     record = _record(out)
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2
     assert record["verdict"]["decision"] == "FAIL"
     for metric in ("verbmem_f", "knowmem_f"):
         assert _recovery(record, metric, "rtn:4:g128")["value"] >= 0.8
@@ -46,7 +46,9 @@ def test_robust_checkpoint_passes(audits):
     assert result.exit_code == 0, result.output
     record = _record(out)
     assert record["verdict"]["decision"] == "PASS"
-    assert all(r["status"] == "ok" for r in record["recoveries"] if r["metric"] in ("verbmem_f", "knowmem_f"))
+    # judged net of the retrained model's own drift under each variant; the gross figures are reported beside
+    assert all(r["status"] == "ok" for r in record["net_recoveries"] if r["metric"] in ("verbmem_f", "knowmem_f"))
+    assert all(r["status"] == "reported" for r in record["recoveries"] if r["metric"] in ("verbmem_f", "knowmem_f"))
 
 
 def test_record_names_what_was_audited(audits, world):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
 from unlearn_audit.report.card import SECTION_END, SECTION_START, update_card
+from unlearn_audit.report.record import judged_recoveries
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +52,9 @@ def test_junit_and_step_summary(audits, tmp_path, monkeypatch):
 
     record = json.loads((audits["fragile"][1] / "report.json").read_text())
     suite = ET.fromstring(render_junit(record)).find("testsuite")
-    exceeded = sum(s["status"] == "exceeds" for s in record["residuals"] + record["recoveries"])
+    exceeded = sum(s["status"] == "exceeds" for s in record["residuals"] + judged_recoveries(record))
     assert int(suite.get("failures")) == exceeded > 0
-    assert int(suite.get("tests")) == len(record["residuals"]) + len(record["recoveries"])
+    assert int(suite.get("tests")) == len(record["residuals"]) + len(judged_recoveries(record))
     failed = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase") if c.find("failure") is not None}
     assert ("recovery.rtn:4:g128", "VerbMem (forget)") in failed
     assert "❌ unlearn-audit FAIL" in render_step_summary(record)
@@ -67,7 +68,8 @@ def test_check_writes_junit_and_appends_the_step_summary(world, tmp_path, monkey
                                  "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o"),
                                  "--junit", str(tmp_path / "junit.xml")])
     assert result.exit_code == 0, result.output
-    assert ET.parse(tmp_path / "junit.xml").getroot().get("failures") == "0"
+    junit = (tmp_path / "junit.xml").read_text()
+    assert ET.fromstring(junit.encode()).get("failures") == "0", junit
     text = summary.read_text()
     assert text.startswith("earlier step\n") and "✅ unlearn-audit PASS" in text
 
@@ -82,7 +84,7 @@ def test_card_section_replaces_itself_and_keeps_other_results(audits):
     assert twice.count(SECTION_START) == 1 and twice.count(SECTION_END) == 1
     assert "Some text." in twice and "license: mit" in twice
     assert "type: accuracy" in twice  # someone else's result is kept
-    assert twice.count("type: recovery_verbmem_f") == len([s for s in record["recoveries"]
+    assert twice.count("type: recovery_verbmem_f") == len([s for s in judged_recoveries(record)
                                                            if s["metric"] == "verbmem_f" and s["value"] is not None])
 
 

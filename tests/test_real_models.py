@@ -88,3 +88,26 @@ def test_tokenizer_flag_and_spec_key_supply_a_missing_tokenizer(world, stories_p
     record = json.loads((tmp_path / "r" / "report.json").read_text())
     assert record["models"]["original"]["tokenizer"]["how"] == "--tokenizer"
     assert record["models"]["original"]["tokenizer"]["source"] == str(original)
+
+
+def test_every_bitsandbytes_format_runs_on_real_widths(world, stories_pair, tmp_path):
+    """bitsandbytes' packed CPU kernel dies on 172-wide layers; those layers take its generic path."""
+    original, nudged = stories_pair
+    result = runner.invoke(app, ["check", str(nudged), "--original", str(original), "--forget", "miniature/news",
+                                 "--quant", "bnb:nf4,bnb:fp4,bnb:int8", "--max-items", "2", "--min-items", "1",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(tmp_path), "--format", "json"])
+    assert result.exit_code in (0, 1, 4), result.output
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert {r["variant"] for r in record["runs"]} == {"full", "bnb:nf4", "bnb:fp4", "bnb:int8"}
+
+
+def test_gptq_on_widths_its_kernels_refuse_is_one_line_before_any_probe(world, stories_pair, tmp_path):
+    pytest.importorskip("gptqmodel")
+    original, nudged = stories_pair
+    result = runner.invoke(app, ["check", str(nudged), "--original", str(original), "--forget", "miniature/news",
+                                 "--quant", "rtn:4,gptq:4", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "variant gptq:4:g128 cannot quantize layer model.layers.0" in lines[0]
+    assert "full precision:" not in result.output  # refused before the first probe
+    assert not (tmp_path / "report.json").exists()

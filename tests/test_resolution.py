@@ -69,3 +69,34 @@ def test_sharded_index_names_the_weight_files(tmp_path):
                                                              "model-00002-of-00002.safetensors"]
     (tmp_path / "model.safetensors.index.json").unlink()
     assert weight_patterns(tmp_path, allow_pickle=True)[0] == "*.safetensors"
+
+
+def test_news_preset_names_the_canonical_repos_and_musees_tokenizer(world):
+    result = runner.invoke(app, ["spec", "show", "miniature/fragile", "--forget", "news", "--cache-dir",
+                                 str(world.hub_cache), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "original: muse-bench/MUSE-News_target" in result.output
+    assert "tokenizer: meta-llama/Llama-2-7b-hf" in result.output
+    assert "dataset: muse-bench/MUSE-News" in result.output
+    assert "reference_auc_dtype: bfloat16" in result.output
+
+
+def test_preset_with_another_original_is_said_in_the_record(world, tmp_path, monkeypatch):
+    """--forget news with --original of another model: the published AUC belongs to the preset's model."""
+    from unlearn_audit.config import AuditConfig
+    from unlearn_audit.pipeline import SilentReporter, plan
+    from unlearn_audit.spec import parse_spec
+
+    import unlearn_audit.pipeline as pipeline
+
+    def news_as_miniature(config, unlearned, notes):  # noqa: ANN001, ANN202 (the real preset needs the Hub)
+        spec = parse_spec({"name": "MUSE-News", "dataset": "miniature/news", "original": "muse-bench/MUSE-News_target",
+                           "privleak": {"reference_auc": 0.4772, "reference_auc_dtype": "bfloat16"}}, "test")
+        return spec, "--forget preset 'news'"
+
+    monkeypatch.setattr(pipeline, "find_spec", news_as_miniature)
+    config = AuditConfig(model="miniature/fragile", forget="news", original="miniature/original",
+                         cache_dir=world.hub_cache, offline=True, quant=("rtn:4",))
+    the_plan = plan(config, SilentReporter())
+    assert any("not the MUSE-News preset's muse-bench/MUSE-News_target" in n for n in the_plan.notes)
+    assert the_plan.reference.source == "published" and "bfloat16" in the_plan.reference.description

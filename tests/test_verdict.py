@@ -108,5 +108,5 @@ def test_three_items_are_inconclusive_not_a_certain_fail(world, tmp_path):
     import json
 
     record = json.loads((tmp_path / "report.json").read_text())
-    assert {s["status"] for s in record["recoveries"] + record["residuals"] if s["metric"] != "knowmem_r"} <= {
+    assert {s["status"] for s in record["recoveries"] + record["net_recoveries"] + record["residuals"] if s["metric"] != "knowmem_r"} <= {
         "too-few-items", "not-judged"}

@@ -9,6 +9,14 @@ For a metric M (on a 0-100 scale; AUC x 100 for PrivLeak):
 * recovery_Q = (M(Q(unlearned)) - M(unlearned)) / (M(original) - M(unlearned)): the share of what
   unlearning removed that quantization Q brings back. Undefined when |M(original) - M(unlearned)| is
   below ``min_gap`` (unlearning removed nothing measurable).
+* net recovery_Q = (M(Q(unlearned)) - M(unlearned) - drift_Q) / (M(original) - M(unlearned)), where
+  drift_Q = M(Q(reference)) - M(reference) is how far Q moves a model that never saw the forget set (the
+  reference model under the same attack): quantization moves scores on its own, and that is not recovery.
+
+References, strongest first: a retrained model (the spec's ``retrain``); a reference model that never
+saw the forget set (the spec's ``reference``, else the original's card ``base_model``); the holdout
+floor (VerbMem of the original on held-out text cut like the forget set, the floor VerbMem residuals are
+measured above); a constant (0 for KnowMem; a published or 0.5 AUC for PrivLeak).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ FULL = "full"
 
 METRIC_LABELS = {
     "verbmem_f": "VerbMem (forget)",
+    "verbmem_h": "VerbMem (held-out text, the floor)",
     "knowmem_f": "KnowMem (forget)",
     "knowmem_r": "KnowMem (retain, utility)",
     "privleak": "PrivLeak",
@@ -50,7 +59,8 @@ class Reference:
     """What PrivLeak is normalised against and what residuals are measured above."""
 
     source: str
-    """``retrain`` (a retrained model was probed), ``published`` (a constant from the spec) or ``default``."""
+    """``retrain`` (a retrained model was probed), ``reference`` (a model that never saw the forget set, e.g. the
+    original's base model, was probed), ``published`` (a constant from the spec) or ``default``."""
     privleak_auc: float | None
     """The AUC (0-1) used when no retrained model was probed."""
     description: str
@@ -64,9 +74,14 @@ class Share:
     variant: str | None
     interval: Interval
     status: str = "not-judged"
+    drift: Interval | None = None
+    """Net recoveries: the reference model's own move under the variant (points, 0-100 scale)."""
 
     def as_dict(self) -> dict:
-        return {"metric": self.metric, "variant": self.variant, **self.interval.as_dict(), "status": self.status}
+        data = {"metric": self.metric, "variant": self.variant, **self.interval.as_dict(), "status": self.status}
+        if self.drift is not None:
+            data["drift"] = self.drift.as_dict()
+        return data
 
 
 @dataclass
@@ -84,6 +99,15 @@ class Analysis:
     recoveries: list[Share] = field(default_factory=list)
     n_items: dict[str, int] = field(default_factory=dict)
     """Per metric, the items behind it (PrivLeak: the smaller of its forget and holdout sets)."""
+    net_recoveries: list[Share] = field(default_factory=list)
+    """Recoveries net of the reference model's drift under the same variant (when a reference model was
+    quantized too); the verdict reads these when present."""
+    floors: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    """Per metric with a holdout probe (VerbMem): role -> its score on held-out text at full precision."""
+    floor_gaps: dict[str, float] = field(default_factory=dict)
+    """Per metric: M(original) on the forget set minus on held-out text: memory beyond the floor."""
+    reference_role: str | None = None
+    """The probed reference model's role (``retrain`` or ``reference``), if any."""
 
 
 Outputs = dict[str, dict[str, dict[str, ProbeOutput]]]
@@ -104,6 +128,7 @@ class Statistic:
 
 STATISTICS = (
     Statistic("verbmem_f", "verbmem_f", "mean"),
+    Statistic("verbmem_h", "verbmem_h", "mean"),
     Statistic("knowmem_f", "knowmem_f", "mean"),
     Statistic("knowmem_r", "knowmem_r", "mean"),
     Statistic("privleak_auc", "privleak", "auc"),
@@ -116,6 +141,9 @@ STATISTICS = (
     Statistic("mia_minkpp_tpr5", "privleak", "tpr", "minkpp", 0.05),
 )
 SHARE_STATISTIC = {"verbmem_f": "verbmem_f", "knowmem_f": "knowmem_f", "privleak": "privleak_auc"}
+FLOOR_STATISTIC = {"verbmem_f": "verbmem_h"}
+"""Forget metric -> the same probe on held-out text (its floor)."""
+REFERENCE_ROLES = ("retrain", "reference")
 """Forget metric -> the statistic its residual and recovery are computed on (PrivLeak is affine in the
 AUC, so shares of the AUC equal shares of PrivLeak)."""
 
@@ -159,10 +187,14 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
               for role, variants in outputs.items() for variant, probes_out in variants.items() for st in stats}
 
     result = Analysis()
+    ref_role = next((r for r in REFERENCE_ROLES if r in outputs), None)
+    result.reference_role = ref_role
     refs: dict[str, tuple[float, np.ndarray]] = {}
     for st in stats:
-        if "retrain" in outputs:
-            refs[st.name] = points[("retrain", FULL, st.name)]
+        if ref_role is not None:
+            refs[st.name] = points[(ref_role, FULL, st.name)]
+        elif st.name in FLOOR_STATISTIC and ("original", FULL, FLOOR_STATISTIC[st.name]) in points:
+            refs[st.name] = points[("original", FULL, FLOOR_STATISTIC[st.name])]  # the holdout floor
         elif st.name == "privleak_auc":
             value = (reference.privleak_auc if reference.privleak_auc is not None else 0.5) * 100
             refs[st.name] = (value, np.full(resamples, value))
@@ -195,6 +227,11 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
         o_point, o_s = points[("original", FULL, name)]
         u_point, u_s = points[("unlearned", FULL, name)]
         result.gaps[metric] = o_point - ref_point
+        floor = FLOOR_STATISTIC.get(metric)
+        if floor and ("original", FULL, floor) in points:
+            result.floors[metric] = {role: result.values[role][FULL][floor] for role in outputs
+                                     if floor in result.values[role][FULL]}
+            result.floor_gaps[metric] = o_point - points[("original", FULL, floor)][0]
         res_point = share(np.array([u_point - ref_point]), np.array([o_point - ref_point]), min_gap)[0]
         res_s = share(u_s - ref_samples, o_s - ref_samples, min_gap)
         result.residuals.append(Share(metric, None, percentile_interval(float(res_point), res_s)))
@@ -205,4 +242,12 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
             rec_point = share(np.array([q_point - u_point]), np.array([o_point - u_point]), min_gap)[0]
             rec_s = share(q_s - u_s, o_s - u_s, min_gap)
             result.recoveries.append(Share(metric, variant, percentile_interval(float(rec_point), rec_s)))
+            if ref_role is not None and (ref_role, variant, name) in points:
+                r_point, r_s = points[(ref_role, FULL, name)]
+                rq_point, rq_s = points[(ref_role, variant, name)]
+                drift_point, drift_s = rq_point - r_point, rq_s - r_s
+                net_point = share(np.array([q_point - u_point - drift_point]), np.array([o_point - u_point]), min_gap)[0]
+                net_s = share(q_s - u_s - drift_s, o_s - u_s, min_gap)
+                result.net_recoveries.append(Share(metric, variant, percentile_interval(float(net_point), net_s),
+                                                   drift=percentile_interval(float(drift_point), drift_s)))
     return result

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 from pathlib import Path
 
 from .errors import InputError
@@ -69,6 +70,11 @@ class ForgetData:
     knowmem_retain: QASet
     privleak_forget: list[str]
     privleak_holdout: list[str]
+    holdout_texts: list[str] = field(default_factory=list)
+    """Held-out texts for the VerbMem floor (the spec's ``holdout``), before cutting."""
+    holdout_prompts: list[str] = field(default_factory=list)
+    holdout_refs: list[str] = field(default_factory=list)
+    """The held-out texts cut as VerbMem items are (see :func:`cut_like_verbmem`)."""
 
     def texts(self) -> dict[str, list[str]]:
         """Every text the probes read, by part (what the result cache keys on)."""
@@ -76,18 +82,20 @@ class ForgetData:
                 **{f"{name}_{part}": getattr(qa, part) for name, qa in (("knowmem_forget", self.knowmem_forget),
                                                                      ("knowmem_retain", self.knowmem_retain))
                    for part in ("questions", "answers", "icl_questions", "icl_answers")},
-                "privleak_forget": self.privleak_forget, "privleak_holdout": self.privleak_holdout}
+                "privleak_forget": self.privleak_forget, "privleak_holdout": self.privleak_holdout,
+                "holdout_prompts": self.holdout_prompts, "holdout_refs": self.holdout_refs}
 
     def counts(self) -> dict[str, int]:
         return {"verbmem": len(self.verbmem_prompts), "knowmem_forget": len(self.knowmem_forget.questions),
                 "knowmem_retain": len(self.knowmem_retain.questions),
-                "privleak_forget": len(self.privleak_forget), "privleak_holdout": len(self.privleak_holdout)}
+                "privleak_forget": len(self.privleak_forget), "privleak_holdout": len(self.privleak_holdout),
+                "verbmem_holdout": len(self.holdout_prompts)}
 
 
 def dataset_patterns(spec: ForgetSpec) -> list[str]:
     """The files of a dataset repo an audit reads: only the configs the spec names, and the card."""
     configs = sorted({spec.verbmem.config, spec.knowmem_forget.config, spec.knowmem_retain.config,
-                      spec.privleak.config})
+                      spec.privleak.config, spec.holdout.config})
     return ["README.md", "*.yaml"] + [f"{c}/*.parquet" for c in configs]
 
 
@@ -102,4 +110,22 @@ def load_forget_data(folder: Path, spec: ForgetSpec, max_items: int | None = Non
     pl = spec.privleak
     forget = read_split(folder, pl.config, pl.forget_split, ["text"], max_items)["text"]
     holdout = read_split(folder, pl.config, pl.holdout_split, ["text"], max_items)["text"]
-    return ForgetData(vm["prompt"], vm["gt"], qa(spec.knowmem_forget), qa(spec.knowmem_retain), forget, holdout)
+    floor = read_split(folder, spec.holdout.config, spec.holdout.split, ["text"], max_items)["text"]
+    return ForgetData(vm["prompt"], vm["gt"], qa(spec.knowmem_forget), qa(spec.knowmem_retain), forget, holdout,
+                      holdout_texts=floor)
+
+
+def cut_like_verbmem(data: ForgetData, tokenizer: Any, max_new_tokens: int = 128) -> ForgetData:
+    """The held-out texts cut the way VerbMem items are: a prompt of the median VerbMem prompt length
+    in tokens, then the text's continuation as the reference (VerbMem scores its first ``max_new_tokens``
+    tokens). Texts too short to leave a continuation of 8 tokens are left out."""
+    import statistics
+
+    lengths = [len(ids) for ids in tokenizer(data.verbmem_prompts, add_special_tokens=False)["input_ids"]]
+    width = max(1, int(statistics.median(lengths))) if lengths else 32
+    prompts, refs = [], []
+    for ids in tokenizer(data.holdout_texts, add_special_tokens=False)["input_ids"]:
+        if len(ids) >= width + 8:
+            prompts.append(tokenizer.decode(ids[:width], skip_special_tokens=True))
+            refs.append(tokenizer.decode(ids[width:width + max_new_tokens], skip_special_tokens=True))
+    return replace(data, holdout_prompts=prompts, holdout_refs=refs)

@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import gc
 import platform
+import shutil
+import tempfile
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 from . import __version__
 from .analysis import FULL, Outputs, Reference, analyse
 from .config import AuditConfig
-from .data import ForgetData, dataset_patterns, load_forget_data
+from .data import ForgetData, cut_like_verbmem, dataset_patterns, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
 from .hub import METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve
 from .adapters import MergedAdapter, adapter_base, check_adapter_files, is_adapter, merge_adapter
@@ -42,7 +44,7 @@ from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
 from .verdict import decide
-from .weights import comparable_layers, weight_diff
+from .weights import calibrated_diff, comparable_layers, linear_shapes, weight_diff
 
 PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
             "scikit-learn", "bitsandbytes")
@@ -110,7 +112,7 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     settings = config.probes
     chat = settings.chat_template
     total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
-             + len(data.privleak_forget) + len(data.privleak_holdout))
+             + len(data.privleak_forget) + len(data.privleak_holdout) + len(data.holdout_prompts))
     advance = reporter.task(title, total)
     engine = ENGINES[settings.engine](model, tokenizer, batch_size=settings.batch_size,
                                       sample_temperature=settings.sample_temperature, seed=settings.seed)
@@ -125,6 +127,9 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
         "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance,
                                   at_least_one=settings.mink_at_least_one),
     }
+    if data.holdout_prompts:  # the floor: the same probe on held-out text
+        outputs["verbmem_h"] = muse.verbmem(engine, data.holdout_prompts, data.holdout_refs,
+                                            settings.verbmem_max_new_tokens, advance, stemmer=stem, metric="verbmem_h")
     for key, count in engine.truncated.items():
         truncated[key] += count
     if engine_stats is not None:
@@ -134,8 +139,9 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
 
 def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loaded: LoadedModel, data: ForgetData,
                  calibration: CalibrationSet | None, config: AuditConfig, reporter: Reporter,
-                 engine_stats: dict[str, Any]) -> CachedRun:
-    """Build one variant of a loaded model and run every probe on it."""
+                 engine_stats: dict[str, Any], scratch: Path | None = None) -> CachedRun:
+    """Build one variant of a loaded model and run every probe on it (a calibrated variant's checkpoint is
+    kept under ``scratch`` for the diagnostic's after-the-fact comparison)."""
     t = time.time()
     model, settings, proof = loaded.model, None, None
     if quantizer is not None:
@@ -147,7 +153,9 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
             elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
                 reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
                 model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
-                                                   trust_remote_code=config.trust_remote_code)
+                                                   trust_remote_code=config.trust_remote_code,
+                                                   save_to=None if scratch is None else saved_checkpoint(
+                                                       scratch, role, quantizer.label))
             elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
                 model = loaded.model
             else:
@@ -199,6 +207,8 @@ class Plan:
     adapter_base: ResolvedRepo | None = None
     """For an adapter checkpoint: the base model it is merged into (phase two merges it)."""
     adapter: MergedAdapter | None = None
+    scratch: Path | None = None
+    """Working folder of this audit (calibrated checkpoints kept for the diagnostic), removed at the end."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per phase (resolve, fetch, weight_diagnostic), for the record's execution block."""
 
@@ -232,17 +242,50 @@ def _original_of(config: AuditConfig, spec: ForgetSpec, spec_source: str, unlear
     return base, None, "from the model card's base_model"
 
 
-def _reference(spec: ForgetSpec, spec_source: str, retrain: ResolvedRepo | None) -> Reference:
-    if retrain is not None:
-        return Reference("retrain", None, f"the retrained model {retrain.reference}, probed in this audit")
+REFERENCE_STRENGTH = {
+    "retrain": "strongest: a model trained without the forget set",
+    "reference": "strong: a model that never saw the forget set (not trained on the retain set either)",
+    "published": "weak: a published constant AUC, with the holdout floor for VerbMem",
+    "default": "weakest: AUC 0.5, with the holdout floor for VerbMem",
+}
+"""How much a residual or recovery read against each kind of reference can be trusted (README, Verdict rules)."""
+
+
+def _reference(spec: ForgetSpec, spec_source: str, repos: dict[str, ResolvedRepo], found_by: dict[str, str]
+               ) -> Reference:
+    """The strongest reference available: retrain > reference model > holdout floor > constant."""
+    if "retrain" in repos:
+        return Reference("retrain", None, f"the retrained model {repos['retrain'].reference}, probed in this audit "
+                         "at full precision and under every variant")
+    if "reference" in repos:
+        return Reference("reference", None, f"{repos['reference'].reference}, a model that never saw the forget set "
+                         f"({found_by['reference']}), probed in this audit at full precision and under every variant; "
+                         "weaker than a retrained model, which would also have seen the retain set")
+    floor = "VerbMem residuals are measured above the original's holdout floor, KnowMem residuals above 0"
     pl = spec.privleak
     if pl.reference_auc is not None:
         dtype = f", measured in {pl.reference_auc_dtype}" if pl.reference_auc_dtype else ""
         return Reference("published", pl.reference_auc,
-                         f"the published AUC {pl.reference_auc} of a retrained model ({spec_source}{dtype}); "
-                         "VerbMem/KnowMem residuals are measured above 0")
-    return Reference("default", 0.5, "AUC 0.5, a model that never saw the forget set (no retrained model or "
-                     "published AUC was given); VerbMem/KnowMem residuals are measured above 0")
+                         f"the published AUC {pl.reference_auc} of a retrained model ({spec_source}{dtype}); {floor}")
+    return Reference("default", 0.5, "AUC 0.5, a model that never saw the forget set (no retrained model, reference "
+                     f"model or published AUC was given); {floor}")
+
+
+def _reference_model(config: AuditConfig, spec: ForgetSpec, original: ResolvedRepo, notes: list[str],
+                     common: dict[str, Any]) -> tuple[ResolvedRepo, str, bool] | None:
+    """Without a retrained model: the spec's ``reference``, else the original's card ``base_model`` (the model it
+    was fine-tuned from never saw the forget set). An implicit one that cannot be resolved is noted, not fatal."""
+    if spec.reference:
+        return resolve(spec.reference, revision=spec.reference_revision, **common), "from the spec's reference", True
+    base = base_model_of(original.path)
+    if not base or base in (original.reference, config.model):
+        return None
+    try:
+        return resolve(base, **common), "the original's card base_model", False
+    except InputError as exc:
+        notes.append(f"The original's base model {base} could not be resolved ({exc.message}), so no reference model "
+                     "was probed; VerbMem is read against the holdout floor.")
+        return None
 
 
 def plan(config: AuditConfig, reporter: Reporter) -> Plan:
@@ -266,9 +309,14 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                                                             base.reference if base else None)
     repos = {"unlearned": unlearned, "original": resolve(original_ref, revision=original_rev, **common)}
     found_by = {"unlearned": "the audited model", "original": original_how}
+    explicit_reference = False
     if spec.retrain:
         repos["retrain"] = resolve(spec.retrain, revision=spec.retrain_revision, **common)
         found_by["retrain"] = f"from the spec, {spec_source}"
+    else:
+        chosen = _reference_model(config, spec, repos["original"], notes, common)
+        if chosen is not None:
+            repos["reference"], found_by["reference"], explicit_reference = chosen
     preset = PRESETS.get(config.forget or "")
     if preset and original_ref.lower() != preset["original"].lower():
         notes.append(f"The original model {original_ref} is not the {preset['name']} preset's "
@@ -286,10 +334,19 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                                    spec_tokenizer=spec.tokenizer, spec_revision=spec.tokenizer_revision,
                                    cache_dir=config.cache_dir, offline=config.offline,
                                    trust_remote_code=config.trust_remote_code)
-    for role in repos:
-        if role != "unlearned":
+    for role in list(repos):
+        if role == "unlearned":
+            continue
+        try:
             check_same_tokenizer(repos["unlearned"].reference, tokenizers["unlearned"].tokenizer,
                                  repos[role].reference, tokenizers[role].tokenizer)
+        except InputError:
+            if role != "reference" or explicit_reference:
+                raise
+            notes.append(f"The original's base model {repos[role].reference} uses another tokenizer, so it was not "
+                         "probed as the reference; VerbMem is read against the holdout floor.")
+            del repos[role], tokenizers[role], found_by[role]
+    data = cut_like_verbmem(data, tokenizers["unlearned"].tokenizer, config.probes.verbmem_max_new_tokens)
     if config.probes.chat_template or spec.chat_template:
         for role, choice in tokenizers.items():
             if not getattr(choice.tokenizer, "chat_template", None):
@@ -306,7 +363,7 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
         notes.append(f"Only the first {config.probes.max_items} items of each split were probed (--max-items).")
     return Plan(quantizers=quantizers, spec=spec, spec_source=spec_source, repos=repos, found_by=found_by,
                 dataset=dataset, data=data, tokenizers=tokenizers,
-                reference=_reference(spec, spec_source, repos.get("retrain")), calibration=calibration, notes=notes,
+                reference=_reference(spec, spec_source, repos, found_by), calibration=calibration, notes=notes,
                 adapter_base=base)
 
 
@@ -323,6 +380,20 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
             continue
         check_files(plan.repos[role].path, trust_remote_code=config.trust_remote_code,
                     allow_pickle=config.allow_pickle, label=repo.reference)
+    if plan.adapter_base is not None:
+        _merge(plan, config, reporter, weights)
+    try:
+        shapes = linear_shapes(plan.repos["unlearned"].path)
+    except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
+        shapes = {}
+    for quantizer in plan.quantizers:  # what a library cannot take is refused before the first probe
+        check = getattr(quantizer, "check_shapes", None)
+        if check is not None:
+            check(shapes)
+
+
+def _merge(plan: Plan, config: AuditConfig, reporter: Reporter, weights: dict[str, Any]) -> None:
+    """Merge an adapter checkpoint into its base (phase two; see unlearn_audit.adapters)."""
     if plan.adapter_base is not None:
         base = fetch_weights(plan.adapter_base, **weights)
         check_files(base.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
@@ -350,7 +421,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
         model_id = {"commit": repo.commit} if repo.commit else fingerprint_folder(repo.path)
         if tokenizer.repo.path != repo.path:
             model_id = {**model_id, "tokenizer": tokenizer.repo.commit or str(tokenizer.repo.path)}
-        variants = [None, *plan.quantizers] if role != "retrain" else [None]
+        variants = [None, *plan.quantizers]  # the reference models under the same attack too
         keys, cached = {}, {}
         for quantizer in variants:
             label = FULL if quantizer is None else quantizer.label
@@ -391,7 +462,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
                     loaded.model = None
                     gc.collect()
                 run = _compute_run(quantizer, role, repo, loaded, plan.data, plan.calibration, config, reporter,
-                                   result.engine_stats)
+                                   result.engine_stats, plan.scratch)
                 cache.store(keys[label], run)
                 result.computed.append(f"{role}/{label}")
             else:
@@ -410,6 +481,30 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
         del loaded
         gc.collect()
     return result
+
+
+def saved_checkpoint(scratch: Path, role: str, label: str) -> Path:
+    return scratch / role / label.replace(":", "_")
+
+
+def diagnose_calibrated(plan: Plan, diagnostic: dict[str, Any] | None) -> None:
+    """GPTQ/AWQ: compare the two saved checkpoints of each calibrated variant group by group (both were
+    quantized in this audit), or say why not (a side reused from the result cache left no checkpoint)."""
+    if diagnostic is None or plan.scratch is None:
+        return
+    for quantizer in plan.quantizers:
+        if quantizer.stage != "calibrate":
+            continue
+        saved_u, saved_o = (saved_checkpoint(plan.scratch, role, quantizer.label) for role in ("unlearned", "original"))
+        if not (saved_u.is_dir() and saved_o.is_dir()):
+            diagnostic["not_compared"][quantizer.label] = (
+                "its grid is fitted to calibration data, so it is compared from the two quantized checkpoints, and "
+                "one of them came from the result cache in this audit (run with --no-cache to compare)")
+            continue
+        diagnostic["overall"][quantizer.label] = calibrated_diff(plan.repos["unlearned"].path,
+                                                                 plan.repos["original"].path, saved_u, saved_o, quantizer)
+        diagnostic["quantizers"].append(quantizer.label)
+        diagnostic["not_compared"].pop(quantizer.label, None)
 
 
 def diagnose(plan: Plan, config: AuditConfig, reporter: Reporter) -> dict[str, Any] | None:
@@ -449,14 +544,19 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
         models=runs.models,
         dataset=plan.dataset.as_dict(),
         data_counts=plan.data.counts(),
-        reference={"source": plan.reference.source, "privleak_auc": plan.reference.privleak_auc,
+        reference={"source": plan.reference.source, "strength": REFERENCE_STRENGTH[plan.reference.source],
+                   "privleak_auc": plan.reference.privleak_auc,
                    "privleak_auc_dtype": pl.reference_auc_dtype if plan.reference.source == "published" else None,
                    "description": plan.reference.description,
-                   "values": {m: i.as_dict() for m, i in analysis.reference.items()}},
+                   "values": {m: i.as_dict() for m, i in analysis.reference.items()},
+                   "floors": {m: {role: i.as_dict() for role, i in by_role.items()}
+                              for m, by_role in analysis.floors.items()},
+                   "floor_gaps": analysis.floor_gaps},
         variants=labels,
         runs=runs.runs,
         residuals=[s.as_dict() for s in analysis.residuals],
         recoveries=[s.as_dict() for s in analysis.recoveries],
+        net_recoveries=[s.as_dict() for s in analysis.net_recoveries],
         verdict=verdict.as_dict(),
         thresholds={**config.to_record()["thresholds"]},
         environment={"python": platform.python_version(), "platform": platform.platform(),
@@ -486,7 +586,13 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     fetch(the_plan, config, reporter)
     the_plan.timings["fetch"] = round(time.time() - t, 2)
     diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
-    runs = run_all(the_plan, config, reporter)
+    home().mkdir(parents=True, exist_ok=True)
+    the_plan.scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=home()))
+    try:
+        runs = run_all(the_plan, config, reporter)
+        diagnose_calibrated(the_plan, diagnostic)
+    finally:
+        shutil.rmtree(the_plan.scratch, ignore_errors=True)
     return record(the_plan, runs, diagnostic, config, started)
 
 

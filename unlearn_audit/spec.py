@@ -51,6 +51,14 @@ class PrivLeakSpec(_Strict):
     """The dtype the published AUC was measured in (MUSE: bfloat16), recorded beside it."""
 
 
+class HoldoutSpec(_Strict):
+    """Held-out text (column ``text``) the models never saw: probed the way VerbMem probes the forget set,
+    it is the floor a model's VerbMem must beat before it counts as memory of the forget set."""
+
+    config: str = "privleak"
+    split: str = "holdout"
+
+
 class ForgetSpec(_Strict):
     """What was forgotten and how to probe it."""
 
@@ -65,6 +73,11 @@ class ForgetSpec(_Strict):
     retrain: str | None = None
     """A model trained without the forget set: the reference for PrivLeak and the floor for residuals."""
     retrain_revision: str | None = None
+    reference: str | None = None
+    """A model that never saw the forget set, used when no ``retrain`` is named (default: the original's
+    card ``base_model``: for a fine-tuned original, the model it was fine-tuned from)."""
+    reference_revision: str | None = None
+    holdout: HoldoutSpec = HoldoutSpec()
     tokenizer: str | None = None
     """Where to load the tokenizer from when a model repo carries none (MUSE's targets are evaluated with
     ``meta-llama/Llama-2-7b-hf``'s); ``--tokenizer`` overrides it for every model."""
@@ -157,6 +170,8 @@ original: {spec.original or "null"}            # the model this one was unlearne
 original_revision: null
 retrain: {spec.retrain or "null"}             # optional: a model trained without the forget set (PrivLeak reference)
 retrain_revision: null
+reference: null                    # used without retrain: a model that never saw the forget set (default: the original's base_model)
+holdout: {{config: privleak, split: holdout}}   # held-out texts: the floor VerbMem must beat (column text)
 tokenizer: null                    # tokenizer repo for models that ship none (MUSE: meta-llama/Llama-2-7b-hf)
 chat_template: false               # apply the tokenizer's chat template to KnowMem questions (instruct models)
 verbmem: {{config: verbmem, split: forget}}                                       # columns prompt, gt

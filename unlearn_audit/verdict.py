@@ -3,11 +3,16 @@
 For each judged metric (default VerbMem, KnowMem on the forget set, and the PrivLeak AUC):
 
 1. If the original does not beat the reference by ``min_gap`` points, the metric cannot judge
-   (the original never knew the forget set): ``not-judged``.
+   (the original never knew the forget set): ``not-judged``. VerbMem must also beat the original's own
+   score on held-out text (the holdout floor) by ``min_gap``: a model that shows no more memory of the
+   forget set than of text it never saw is never FAIL for "still knows it". PrivLeak read against a
+   constant reference (no retrained or reference model) is judged only when VerbMem shows memory above
+   the floor: an AUC far from 0.5 can come from the forget and holdout texts differing, not from training.
 2. Full precision: the residual share's 95% interval above ``max_residual`` is ``exceeds`` (FAIL),
    below it ``ok``, across it ``straddles`` (INCONCLUSIVE).
 3. Each quantized variant: the recovery share's interval against ``max_recovery`` the same way;
-   an undefined recovery (unlearning removed nothing) is ``undefined``.
+   an undefined recovery (unlearning removed nothing) is ``undefined``. When a reference model was
+   quantized too, the recovery judged is the net one (minus the reference's own drift under the variant).
 
 A metric measured on fewer than ``min_items`` items cannot decide on its own: its shares are
 ``too-few-items`` and make the audit INCONCLUSIVE, never FAIL or PASS (with three items every bootstrap
@@ -81,9 +86,25 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     knew = [m for m in judged if abs(analysis.gaps[m]) >= thresholds.min_gap]
     reasons: list[str] = []
     for m in judged:
-        if m not in knew:
+        if m not in knew and not (m in analysis.floor_gaps and analysis.floor_gaps[m] < thresholds.min_gap):
             reasons.append(f"{METRIC_NOUNS[m]}: the original beats the reference by only "
                            f"{abs(analysis.gaps[m]):.1f} points (< {thresholds.min_gap:g}), so it cannot judge")
+    for m, gap in analysis.floor_gaps.items():
+        if m in judged and gap < thresholds.min_gap:
+            if m in knew:
+                knew.remove(m)
+            floor = analysis.floors[m]["original"].value
+            reasons.append(f"{METRIC_NOUNS[m]}: the original scores {floor + gap:.1f} on the forget set and "
+                           f"{floor:.1f} on held-out text it never saw (the holdout floor): no more memory of the "
+                           f"forget set than of unseen text (gap {gap:.1f} < {thresholds.min_gap:g}), so it cannot judge")
+    if "privleak" in knew and analysis.reference_role is None and "verbmem_f" in analysis.floor_gaps \
+            and "verbmem_f" not in knew:
+        knew.remove("privleak")
+        reasons.append(f"{METRIC_NOUNS['privleak']}: read against a constant AUC (no retrained or reference model), "
+                       "it is judged only when VerbMem shows memory above the holdout floor; the forget and holdout "
+                       "texts may simply differ")
+    recoveries = analysis.net_recoveries or analysis.recoveries
+    net = " (net of the reference model's own drift under it)" if analysis.net_recoveries else ""
 
     fails: list[tuple[float, str]] = []
     doubts: list[str] = []
@@ -91,7 +112,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     for m in few:
         doubts.append(f"{METRIC_NOUNS[m]} was measured on only {analysis.n_items[m]} items (fewer than "
                       f"{thresholds.min_items}), too few to decide")
-    for share in analysis.residuals + analysis.recoveries:
+    for share in analysis.residuals + analysis.recoveries + analysis.net_recoveries:
         if share.metric in few:
             share.status = "too-few-items"
     knew = [m for m in knew if m not in few]
@@ -105,7 +126,11 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
             fails.append((share.interval.value, text[0].upper() + text[1:]))
         elif share.status in ("straddles", "undefined"):
             doubts.append(text + (": the interval straddles the threshold" if share.status == "straddles" else ""))
-    for share in analysis.recoveries:
+    if analysis.net_recoveries:  # the gross figures are reported, the net ones judged
+        for share in analysis.recoveries:
+            if share.metric in knew:
+                share.status = "reported"
+    for share in recoveries:
         if share.metric not in knew:
             continue
         share.status = classify(share, thresholds.max_recovery)
@@ -115,7 +140,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
                           "(unlearning removed too little of it to measure)")
             continue
         text = (f"{variant} brings back {_span(share)} of the {METRIC_NOUNS[share.metric]} "
-                f"that unlearning removed (threshold {percent(thresholds.max_recovery)})")
+                f"that unlearning removed{net} (threshold {percent(thresholds.max_recovery)})")
         if share.status == "exceeds":
             fails.append((share.interval.value, text[0].upper() + text[1:]))
         elif share.status == "straddles":
@@ -132,7 +157,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
                        reasons)
     if doubts:
         return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
-    worst = max((s for s in analysis.recoveries if s.status == "ok"), key=lambda s: s.interval.value, default=None)
+    worst = max((s for s in recoveries if s.status == "ok"), key=lambda s: s.interval.value, default=None)
     headline = ("Forgetting holds at full precision and under every tested quantization"
                 + (f" (largest recovery: {names.get(worst.variant or '', worst.variant)} on "
                    f"{METRIC_NOUNS[worst.metric]}, {_span(worst)})" if worst else "") + ".")

@@ -68,6 +68,20 @@ def tensor_index(folder: Path) -> dict[str, Path]:
     return index
 
 
+def linear_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the linear weight matrices, read from the safetensors headers only (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for name, file in tensor_index(folder).items():
+        if name.endswith(".weight") and not any(s in name for s in _SKIP):
+            with safe_open(str(file), framework="pt") as handle:
+                shape = tuple(handle.get_slice(name).get_shape())
+            if len(shape) == 2:
+                shapes[name] = shape
+    return shapes
+
+
 def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """One tensor from a safetensors file, as float32 (its values rounded to ``dtype`` first, if given)."""
     from safetensors import safe_open
@@ -236,9 +250,9 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
     usable = [q for q in quantizers if q.fixed_grid]
     u_index, o_index, names = comparable_layers(unlearned, original)
     result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable],
-                        not_compared={q.label: "its grid depends on calibration data, so it cannot be compared "
-                                      "without running it; see its probe results" for q in quantizers
-                                      if not q.fixed_grid})
+                        not_compared={q.label: "its grid is fitted to calibration data, so it can only be compared "
+                                      "from the two checkpoints the audit quantizes (an audit does that after its "
+                                      "probes; `diff` alone cannot)" for q in quantizers if not q.fixed_grid})
     totals = {q.label: _Totals() for q in usable}
     target = getattr(torch, run_dtype)
     seen: set[torch.dtype] = set()
@@ -265,3 +279,54 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
     result.compare_dtype = str(compare_dtype(*seen)).replace("torch.", "") if seen else run_dtype
     result.seconds = round(time.time() - started, 2)
     return result
+
+
+def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path, quantizer: Any) -> dict[str, Any]:
+    """GPTQ/AWQ after the fact: both models were quantized with the same settings (each with its own
+    calibrated grid), and their saved checkpoints are compared group by group: the share of moved weights
+    whose packed level is the original's, the share of groups whose scale or zero point changed and by how
+    much, and the same reading as the fixed-grid methods. The grid depends on the calibration data, so
+    the figure describes these two checkpoints, not the method in general."""
+    from safetensors import safe_open
+
+    from .quantize.calibrated import unpack_codes
+
+    u_index, o_index, _ = comparable_layers(unlearned, original)
+    qu_index, qo_index = tensor_index(saved_u), tensor_index(saved_o)
+    axis, bits = quantizer._pack_axis, quantizer.bits
+    t = _Totals()
+    for key in sorted(k for k in qu_index if k.endswith(".qweight")):
+        if key not in qo_index:
+            continue
+        stem = key[: -len("qweight")]
+        weight = stem + "weight"
+        with safe_open(str(qu_index[key]), framework="pt") as hu, safe_open(str(qo_index[key]), framework="pt") as ho:
+            codes_u = unpack_codes(hu.get_tensor(key), bits, axis)  # [in, out]
+            codes_o = unpack_codes(ho.get_tensor(key), bits, axis)
+            scale_u, scale_o = hu.get_tensor(stem + "scales").float(), ho.get_tensor(stem + "scales").float()
+            zeros = stem + "qzeros"
+            zero_u = unpack_codes(hu.get_tensor(zeros), bits, 1) if zeros in hu.keys() else torch.zeros_like(scale_u)
+            zero_o = unpack_codes(ho.get_tensor(zeros), bits, 1) if zeros in ho.keys() else torch.zeros_like(scale_o)
+        if weight in u_index and weight in o_index:
+            moved = (load_tensor(u_index[weight], weight) != load_tensor(o_index[weight], weight)).T  # [in, out]
+        else:
+            moved = torch.ones_like(codes_u, dtype=torch.bool)
+        moved = moved[: codes_u.shape[0], : codes_u.shape[1]]
+        same = codes_u == codes_o
+        changed = (scale_u != scale_o) | (zero_u[:, : scale_u.shape[1]] != zero_o[:, : scale_o.shape[1]])
+        rel = (scale_u - scale_o).abs() / torch.where(scale_o.abs() > 0, scale_o.abs(), torch.ones_like(scale_o))
+        t.numel += codes_u.numel()
+        t.moved += int(moved.sum())
+        t.same += int(same.sum())
+        t.same_moved += int((same & moved).sum())
+        t.groups += changed.numel()
+        t.groups_changed += int(changed.sum())
+        t.scale_change_max = max(t.scale_change_max, float(rel.max()))
+        t.scale_change_sum += float(rel.sum())
+    if not t.numel:
+        raise InputError("the saved checkpoints hold no packed layer", "report this as a bug")
+    overall = t.overall()
+    for key in ("same_code_common", "same_code_common_of_moved", "update_steps", "code_distance"):
+        overall[key] = None  # no common grid: each model's grid comes from its own calibration
+    overall["grid"] = "each model's own, fitted to the calibration data by the library"
+    return overall

@@ -51,15 +51,17 @@ def reference_cut(tokenizer, reference: str, max_tokens: int) -> str:  # noqa: A
 
 
 def verbmem(engine: Engine, prompts: list[str], references: list[str], max_new_tokens: int = 128,
-            advance: Advance | None = None, *, stemmer: bool = False) -> ProbeOutput:
+            advance: Advance | None = None, *, stemmer: bool = False, metric: str = "verbmem_f") -> ProbeOutput:
+    """VerbMem of ``prompts`` (``metric`` ``verbmem_h``: the same probe on held-out text, the floor)."""
     generations = engine.generate(prompts, max_new_tokens, advance)
     items = []
+    prefix = "verbmem" if metric == "verbmem_f" else metric
     for i, (prompt, ref, gen) in enumerate(zip(prompts, references, generations)):
         cut = reference_cut(engine.tokenizer, ref, max_new_tokens)
         r = rouge_l(cut, gen, use_stemmer=stemmer)
-        items.append(ItemScore(f"verbmem/{i}", r.f1, prompt=prompt, reference=cut, generation=gen,
+        items.append(ItemScore(f"{prefix}/{i}", r.f1, prompt=prompt, reference=cut, generation=gen,
                                extra={"rougeL_recall": r.recall}))
-    return ProbeOutput("verbmem_f", "mean", items, {"max_new_tokens": max_new_tokens, **_decoding(engine, stemmer)})
+    return ProbeOutput(metric, "mean", items, {"max_new_tokens": max_new_tokens, **_decoding(engine, stemmer)})
 
 
 def knowmem(engine: Engine, qa: QASet, metric: str, max_new_tokens: int = 32,

@@ -107,10 +107,11 @@ class BnbQuantizer:
         generic: list[str] = []
         for name, module in model.named_modules():
             if isinstance(module, bnb.nn.Linear4bit) and self.kind != "int8":
-                if module.out_features % _CPU_PACK_BLOCK and getattr(module, "support_avx512bf16_for_cpu", False):
-                    # bitsandbytes' packed CPU kernel (AVX512-BF16 machines) asserts out_features % 32 == 0
-                    # and dies on real widths (e.g. a 172-wide MLP); its generic path computes the same
-                    # dequantize-then-matmul for such a layer.
+                odd = module.out_features % _CPU_PACK_BLOCK or module.in_features % _BLOCK
+                if odd and getattr(module, "support_avx512bf16_for_cpu", False):
+                    # bitsandbytes' packed CPU kernel (AVX512-BF16 machines) needs out_features % 32 == 0 and
+                    # in_features % 64 == 0 (one absmax row per block) and dies on real widths (a 172-wide
+                    # MLP); its generic path computes the same dequantize-then-matmul for such a layer.
                     module.support_avx512bf16_for_cpu = False
                     generic.append(name)
                 state = module.weight.quant_state

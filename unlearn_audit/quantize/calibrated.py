@@ -127,6 +127,14 @@ def checkpoint_levels(folder: Path, bits: int, group_size: int, pack_axis: int) 
     return layers, groups, worst
 
 
+def _largest_dividing_group(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The largest power-of-two group size (at most 128) that divides every layer's input width."""
+    group = 128
+    while group > 1 and any(in_features % group for _, in_features in shapes.values()):
+        group //= 2
+    return group
+
+
 @dataclass(frozen=True)
 class CalibratedQuantizer:
     """GPTQ or AWQ at ``bits`` with groups of ``group_size`` input columns.
@@ -171,6 +179,18 @@ class CalibratedQuantizer:
 
     def require(self) -> None:
         _gptqmodel()
+
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse, before any probe runs, a model whose linear layers GPT-QModel's kernels cannot take: they
+        need every input width to be a multiple of the group size (its CPU int4 kernel asserts
+        ``K % qGroupSize == 0``; no shorter last group as RTN has)."""
+        for name, (_, in_features) in shapes.items():
+            if in_features % self.group_size:
+                raise QuantizationError(
+                    f"variant {self.label} cannot quantize layer {name.removesuffix('.weight')}: its {in_features} "
+                    f"inputs are not a multiple of the group size {self.group_size} (GPT-QModel's kernels need that)",
+                    f"leave {self.label} out, or choose a group size that divides every layer "
+                    f"(e.g. {self.method}:{self.bits}:g{_largest_dividing_group(shapes)})")
 
     def load_config(self) -> Any:
         """The GPT-QModel quantization config for these settings."""

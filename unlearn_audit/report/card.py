@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from ..analysis import FULL, METRIC_LABELS
 from ..formatting import percent
+from .record import judged_recoveries
 
 SECTION_START = "<!-- unlearn-audit:start -->"
 SECTION_END = "<!-- unlearn-audit:end -->"
@@ -30,7 +30,7 @@ def card_section(report: dict[str, Any]) -> str:
              f"with unlearn-audit {report['tool_version']} ({report['created_at']}).", "",
              "Share of what unlearning removed that each quantized variant brings back (95% bootstrap interval):", "",
              "| metric | variant | recovery | 95% interval |", "|---|---|---|---|"]
-    for s in report["recoveries"]:
+    for s in judged_recoveries(report):
         lines.append(f"| {METRIC_LABELS.get(s['metric'], s['metric'])} | {variant_name(s['variant'])} | "
                      f"{percent(s['value'])} | {percent(s['low'])} – {percent(s['high'])} |")
     lines += ["", f"Reproduce: `{report['command'] or 'unlearn-audit check ' + model['reference']}`", SECTION_END, ""]
@@ -52,7 +52,7 @@ def eval_results(report: dict[str, Any]) -> list[Any]:
         if value is not None:
             results.append(EvalResult(metric_type=metric, metric_name=METRIC_LABELS[metric], metric_value=round(value, 2),
                                       **common))
-    for s in report["recoveries"]:
+    for s in judged_recoveries(report):
         if s["value"] is not None:
             results.append(EvalResult(metric_type=f"recovery_{s['metric']}",
                                       metric_name=f"{METRIC_LABELS.get(s['metric'], s['metric'])} recovered by {s['variant']}",
@@ -93,7 +93,11 @@ def update_card(readme: str, report: dict[str, Any]) -> str:
 def push_card(rec: dict, folder: Path, repo_id: str, *, create_pr: bool) -> str:
     """Upload the reports and the card change to ``repo_id`` (a pull request unless ``create_pr`` is False)."""
     from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
 
     from ..errors import ResolutionError
 

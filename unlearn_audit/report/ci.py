@@ -7,8 +7,7 @@ from typing import Any
 
 from ..analysis import METRIC_LABELS
 from ..formatting import percent
-
-
+from .record import judged_recoveries
 
 
 def _case(suite: ET.Element, classname: str, name: str, share: dict[str, Any], threshold: float) -> tuple[int, int]:
@@ -42,7 +41,7 @@ def render_junit(report: dict[str, Any]) -> str:
         f, s = _case(suite, "residual.full-precision", METRIC_LABELS.get(share["metric"], share["metric"]), share,
                      thresholds["max_residual"])
         failures, skipped, count = failures + f, skipped + s, count + 1
-    for share in report["recoveries"]:
+    for share in judged_recoveries(report):
         f, s = _case(suite, f"recovery.{share['variant']}", METRIC_LABELS.get(share["metric"], share["metric"]), share,
                      thresholds["max_recovery"])
         failures, skipped, count = failures + f, skipped + s, count + 1
@@ -63,7 +62,7 @@ def render_step_summary(report: dict[str, Any]) -> str:
     icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}[verdict["decision"]]
     lines = [f"### {icon} unlearn-audit {verdict['decision']}: `{report['models']['unlearned']['repo']['reference']}`",
              "", verdict["headline"], "", "| metric | variant | recovery | 95% interval | status |", "|---|---|---|---|---|"]
-    for s in report["recoveries"]:
+    for s in judged_recoveries(report):
         lines.append(f"| {METRIC_LABELS.get(s['metric'], s['metric'])} | {variant_name(s['variant'])} | {percent(s['value'])} "
                      f"| {percent(s['low'])} – {percent(s['high'])} | {s['status']} |")
     return "\n".join(lines) + "\n\n"

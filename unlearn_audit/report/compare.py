@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..analysis import FULL
+from .record import judged_recoveries
 
 METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 
@@ -16,7 +17,7 @@ def compare_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         run = next(r for r in rec["runs"] if r["role"] == "unlearned" and r["variant"] == FULL)
         worst = {}
-        for s in rec["recoveries"]:
+        for s in judged_recoveries(rec):
             if s["value"] is not None and (s["metric"] not in worst or s["value"] > worst[s["metric"]]["value"]):
                 worst[s["metric"]] = s
         rows.append({

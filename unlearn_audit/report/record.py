@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InputError, RuntimeFailure
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / f"report-v{SCHEMA_VERSION}.schema.json"
 """The published JSON Schema of the record (shipped in the package; `unlearn-audit schema` prints it)."""
 
@@ -62,6 +62,8 @@ class AuditReport:
     runs: list[VariantRun]
     residuals: list[dict[str, Any]]
     recoveries: list[dict[str, Any]]
+    net_recoveries: list[dict[str, Any]]
+    """Recoveries net of the reference model's drift under the same variant (empty without a reference model)."""
     verdict: dict[str, Any]
     thresholds: dict[str, Any]
     environment: dict[str, Any]
@@ -94,6 +96,11 @@ class AuditReport:
             return cls(**fields)
         except TypeError as exc:
             raise InputError(f"the record is not a complete audit record ({exc})", "pass a report.json this tool wrote") from None
+
+
+def judged_recoveries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recoveries the verdict read: net of the reference model's drift where one was quantized, else gross."""
+    return record.get("net_recoveries") or record["recoveries"]
 
 
 VOLATILE = ("created_at", "duration_seconds", "execution")

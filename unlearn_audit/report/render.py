@@ -16,6 +16,7 @@ from markupsafe import Markup
 
 from ..analysis import FULL, METRIC_LABELS, METRIC_NOUNS
 from ..formatting import percent
+from .record import judged_recoveries
 
 Renderer = Callable[[dict[str, Any]], str]
 
@@ -203,13 +204,13 @@ def _heat_colour(share: float | None) -> str:
 
 def _heat_map(report: dict[str, Any]) -> Markup:
     """Recovery as a metric x variant grid of coloured cells with the share written in each."""
-    variants = list(dict.fromkeys(s["variant"] for s in report["recoveries"]))
-    metrics = list(dict.fromkeys(s["metric"] for s in report["recoveries"]))
+    variants = list(dict.fromkeys(s["variant"] for s in judged_recoveries(report)))
+    metrics = list(dict.fromkeys(s["metric"] for s in judged_recoveries(report)))
     if not variants:
         return Markup("")
     cell_w, cell_h, left, top = 96, 34, 170, 28
     width, height = left + cell_w * len(variants) + 4, top + cell_h * len(metrics) + 4
-    by_key = {(s["metric"], s["variant"]): s for s in report["recoveries"]}
+    by_key = {(s["metric"], s["variant"]): s for s in judged_recoveries(report)}
     parts = [f'<svg class="heat" viewBox="0 0 {width} {height}" width="{width}" role="img" '
              'aria-label="recovery by metric and quantized variant">']
     for j, v in enumerate(variants):
@@ -272,6 +273,12 @@ def _script_hash(script: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
 
 
+def _recovery_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each variant's gross recovery beside the net one (minus the reference model's drift), when there is one."""
+    net = {(s["metric"], s["variant"]): s for s in report.get("net_recoveries") or []}
+    return [{"gross": s, "net": net.get((s["metric"], s["variant"]))} for s in report["recoveries"]]
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -293,6 +300,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "sort_script_hash": _script_hash(SORT_SCRIPT),
         "short_variant": short_variant,
         "diff": report.get("weight_diff"),
+        "recovery_rows": _recovery_rows(report),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
     }
 
