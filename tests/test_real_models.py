@@ -64,11 +64,16 @@ def test_audit_of_real_sentencepiece_checkpoints_with_default_variants(world, st
     assert tok["how"] == "the model's own" and tok["built_from"] == "tokenizer.model" and tok["adds_bos"]
 
 
-def test_no_tokenizer_anywhere_is_one_line_with_the_fix(world, stories_pair, tmp_path):
-    original, nudged = stories_pair
-    bare_u, bare_o = tmp_path / "u", tmp_path / "o"
-    for src, dst in ((nudged, bare_u), (original, bare_o)):
+def _without_tokenizers(stories_pair, tmp_path: Path) -> tuple[Path, Path]:  # noqa: ANN001
+    """Copies of the pair with no tokenizer file at all (weights-only uploads, as MUSE's targets may be)."""
+    copies = (tmp_path / "u", tmp_path / "o")
+    for src, dst in zip(reversed(stories_pair), copies):
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tokenizer*"))
+    return copies
+
+
+def test_no_tokenizer_anywhere_is_one_line_with_the_fix(world, stories_pair, tmp_path):
+    bare_u, bare_o = _without_tokenizers(stories_pair, tmp_path)
     result = runner.invoke(app, ["check", str(bare_u), "--original", str(bare_o), "--forget", "miniature/news",
                                  "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
@@ -77,17 +82,20 @@ def test_no_tokenizer_anywhere_is_one_line_with_the_fix(world, stories_pair, tmp
 
 
 def test_tokenizer_flag_and_spec_key_supply_a_missing_tokenizer(world, stories_pair, tmp_path):
-    original, nudged = stories_pair
-    bare_u, bare_o = tmp_path / "u", tmp_path / "o"
-    for src, dst in ((nudged, bare_u), (original, bare_o)):
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tokenizer*"))
-    result = runner.invoke(app, ["check", str(bare_u), "--original", str(bare_o), "--forget", "miniature/news",
-                                 "--tokenizer", str(original), "--quant", "rtn:4", "--max-items", "4",
-                                 "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "r"), "--format", "json"])
-    assert result.exit_code == 4, result.output
-    record = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert record["models"]["original"]["tokenizer"]["how"] == "--tokenizer"
-    assert record["models"]["original"]["tokenizer"]["source"] == str(original)
+    original = stories_pair[0]
+    bare_u, bare_o = _without_tokenizers(stories_pair, tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"spec_version: 1\ndataset: miniature/news\ntokenizer: {original}\n")
+    for how, args in (("--tokenizer", ["--forget", "miniature/news", "--tokenizer", str(original)]),
+                      ("the spec's tokenizer", ["--spec", str(spec)])):
+        out = tmp_path / how.replace(" ", "-")
+        result = runner.invoke(app, ["check", str(bare_u), "--original", str(bare_o), *args, "--quant", "rtn:4",
+                                     "--max-items", "4", "--cache-dir", str(world.hub_cache), "--out", str(out),
+                                     "--format", "json"])
+        assert result.exit_code == 4, result.output
+        record = json.loads((out / "report.json").read_text())
+        assert record["models"]["original"]["tokenizer"]["how"] == how
+        assert record["models"]["original"]["tokenizer"]["source"] == str(original)
 
 
 def test_every_bitsandbytes_format_runs_on_real_widths(world, stories_pair, tmp_path):

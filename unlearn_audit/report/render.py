@@ -71,7 +71,7 @@ def variant_name(label: str) -> str:
     return label
 
 
-MAIN_ROWS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc", "privleak")
+MAIN_ROWS = ("verbmem_f", "verbmem_h", "knowmem_f", "knowmem_r", "privleak_auc", "privleak")
 MIA_ROWS = ("privleak_auc", "mia_minkpp_auc", "mia_zlib_auc", "mia_loss_auc", "mia_mink_tpr1", "mia_mink_tpr5",
             "mia_minkpp_tpr1", "mia_minkpp_tpr5")
 
@@ -81,8 +81,9 @@ def _metric_rows(report: dict[str, Any], metrics: tuple[str, ...] = MAIN_ROWS
     """(rows, columns): one row per metric, one column per (role, variant), cells with intervals."""
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
     columns = [("original", FULL), ("unlearned", FULL)]
-    if ("retrain", FULL) in runs:
-        columns.insert(1, ("retrain", FULL))
+    for role in ("retrain", "reference"):  # the reference model at full precision (its drift: the recovery table)
+        if (role, FULL) in runs:
+            columns.insert(1, (role, FULL))
     for v in report["variants"]:
         columns += [("original", v), ("unlearned", v)]
     rows = []
