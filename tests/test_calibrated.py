@@ -127,3 +127,19 @@ def test_audit_with_gptq_and_awq_through_the_cli(world, tmp_path, monkeypatch):
     assert "4-bit GPTQ (gptq:4:g128)" in (out / "report.md").read_text()
     assert "GPT-QModel" not in result.stdout and "INFO" not in result.stdout  # the library's chatter stays out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and its log files out of the working directory
+
+
+def test_scratch_of_a_killed_audit_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from unlearn_audit.pipeline import make_scratch
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"scratch-{dead.pid}-abc"
+    stale.mkdir()
+    live = tmp_path / f"scratch-{os.getpid()}-xyz"
+    live.mkdir()
+    fresh = make_scratch(tmp_path)
+    assert not stale.exists() and live.exists() and fresh.is_dir() and fresh.name.startswith(f"scratch-{os.getpid()}-")

@@ -8,7 +8,8 @@ import pytest
 from unlearn_audit.data import load_forget_data
 from unlearn_audit.hub import resolve
 from unlearn_audit.models import load_model
-from unlearn_audit.probes.engine import Engine
+from unlearn_audit.errors import RuntimeFailure
+from unlearn_audit.probes.engine import Engine, is_out_of_memory
 from unlearn_audit.spec import spec_for_dataset
 
 
@@ -93,9 +94,83 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(original, dat
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(original.model, "forward", always)
-    with pytest.raises(RuntimeError):  # one item still too big: the error reaches the CLI's handler
+    with pytest.raises(RuntimeFailure, match="single item per batch") as caught:  # one item still too big
         Engine(original.model, original.tokenizer, batch_size=4).token_stats(texts[:3])
+    assert "--device-map auto" in caught.value.fix
+
+
+def test_cpu_out_of_memory_is_recognised_and_halves_the_batch(original, data, monkeypatch):
+    """torch's CPU allocator says it differently: "DefaultCPUAllocator: can't allocate memory"."""
+    texts = data.privleak_forget[:6]
+    expected = Engine(original.model, original.tokenizer, batch_size=6).token_stats(texts)
+    forward = original.model.forward
+
+    def small_batches_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[0] > 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 53687091200 bytes. Error code 12 (Cannot allocate memory)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(original.model, "forward", small_batches_only)
+    engine = Engine(original.model, original.tokenizer, batch_size=6)
+    for got, want in zip(engine.token_stats(texts), expected):
+        np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+    assert engine.batch_size == 2 and engine.oom_splits >= 1
+    assert is_out_of_memory(MemoryError())
 
 
 def test_auto_batch_size_on_cpu_is_sixteen(original):
     assert Engine(original.model, original.tokenizer, batch_size=None).batch_size == 16
+
+
+def test_kv_cache_is_on_even_when_the_checkpoint_turns_it_off(original, data, monkeypatch):
+    """A generation_config.json with use_cache: false made generation 7x slower; the engine turns it back on."""
+    monkeypatch.setattr(original.model.generation_config, "use_cache", False)
+    seen = []
+    forward = original.model.forward
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs.get("use_cache"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(original.model, "forward", spy)
+    Engine(original.model, original.tokenizer, batch_size=2).generate(data.verbmem_prompts[:2], 4)
+    assert seen and all(flag is True for flag in seen)
+
+
+def test_default_device_is_the_accelerator(monkeypatch):
+    import torch
+
+    from unlearn_audit.config import AuditConfig, resolve_device
+
+    config = AuditConfig(model="x/y")
+    assert config.device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and config.resolved_dtype == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and config.resolved_dtype == "float32"
+    assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_a_large_model_on_cpu_is_warned_about(world, tmp_path, monkeypatch):
+    """Over 1B parameters about to run on the CPU: one warning line with the memory it needs, in the record too."""
+    from typer.testing import CliRunner
+
+    import unlearn_audit.pipeline as pipeline
+    from unlearn_audit.cli import app
+
+    monkeypatch.setattr(pipeline, "parameter_count", lambda folder: 7_000_000_000)
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "2",
+                                      "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path),
+                                      "--format", "json"])
+    assert result.exit_code in (0, 1, 4), result.output
+    assert "warning: miniature/fragile has 7.0B parameters and runs on the CPU in float32: about 28 GB" in result.output
+    import json
+
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert any("7.0B parameters" in note for note in record["notes"])
+    assert record["execution"]["device"] == "cpu"

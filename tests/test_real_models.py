@@ -119,3 +119,25 @@ def test_gptq_on_widths_its_kernels_refuse_is_one_line_before_any_probe(world, s
     assert len(lines) == 1 and "variant gptq:4:g128 cannot quantize layer model.layers.0" in lines[0]
     assert "full precision:" not in result.output  # refused before the first probe
     assert not (tmp_path / "report.json").exists()
+
+
+def test_tied_embeddings_are_restored_in_place(stories_pair):
+    """stories260K ties lm_head to the embedding (no lm_head.weight stored): RTN variants still quantize the
+    loaded copy in place (no deepcopy: one model in memory) and restore it exactly, even with :head."""
+    import torch
+
+    from unlearn_audit.hub import resolve
+    from unlearn_audit.models import load_model, restorable, restore_weights
+    from unlearn_audit.quantize import parse_variant
+
+    original = resolve(str(stories_pair[0]))
+    loaded = load_model(original)
+    model = loaded.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert restorable(model, original.path)
+    parse_variant("rtn:4:head").apply(model)
+    assert not torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])  # moved with lm_head
+    restore_weights(model, original.path)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)

@@ -206,6 +206,9 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
                 result.values.setdefault(role, {}).setdefault(variant, {})[st.name] = percentile_interval(point, samples)
 
     ref_point, ref_samples = refs.get("privleak_auc", (float("nan"), None))
+    if reference.source == "reference" and reference.privleak_auc is not None:  # a published retrain AUC wins
+        ref_point = reference.privleak_auc * 100  # for the PrivLeak score itself (MUSE's definition)
+        ref_samples = np.full(resamples, ref_point)
     for role, variants in result.values.items():  # MUSE's PrivLeak: (AUC - AUC_ref) / AUC_ref x 100
         for variant in variants:
             if "privleak_auc" not in variants[variant]:

@@ -108,6 +108,20 @@ class ProbeSettings:
         return FLAVOURS[self.flavour]["mink_at_least_one"]
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: the first accelerator torch sees (``cuda``, then ``mps``), else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """Everything one audit needs. Build it from flags (CLI) or directly (library)."""
@@ -130,7 +144,8 @@ class AuditConfig:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     thresholds: Thresholds = field(default_factory=Thresholds)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
-    device: str = "cpu"
+    device: str = "auto"
+    """``auto`` (CUDA, then Apple MPS, then CPU; see :func:`resolve_device`) or a torch device."""
     dtype: str = "auto"
     """``auto`` (float32 on CPU, bfloat16 on accelerators), ``float32``, ``bfloat16`` or ``float16``."""
     device_map: str | None = None
@@ -170,7 +185,8 @@ class AuditConfig:
         """The dtype every full-precision run uses."""
         if self.dtype != "auto":
             return self.dtype
-        return "float32" if self.device.startswith("cpu") and self.device_map is None else "bfloat16"
+        on_cpu = resolve_device(self.device).startswith("cpu")
+        return "float32" if on_cpu and self.device_map is None else "bfloat16"
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready view for the report (paths as strings)."""

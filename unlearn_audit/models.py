@@ -31,16 +31,36 @@ def linear_weight_names(model: Any) -> list[str]:
     return [f"{name}.weight" for name, module in model.named_modules() if type(module) is nn.Linear]
 
 
+def _stored_names(model: Any, index: dict[str, Path]) -> dict[str, str] | None:
+    """Each linear weight's name in the checkpoint: its own, or, for a tied weight (``lm_head`` sharing the
+    embedding matrix, as Llama-3.2-1B, Gemma, SmolLM2 and small Qwen2.5 do), the name of the parameter it
+    shares storage with. None when some linear weight is stored under no name."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    stored = {}
+    for name in linear_weight_names(model):
+        if name in index:
+            stored[name] = name
+            continue
+        twin = next((n for n in aliases.get(id(model.get_parameter(name)), []) if n in index), None)
+        if twin is None:
+            return None
+        stored[name] = twin
+    return stored
+
+
 def restorable(model: Any, folder: Path) -> bool:
-    """Whether every linear weight of ``model`` is stored in ``folder``'s safetensors under its own name
-    (so :func:`restore_weights` can undo an in-place quantization)."""
+    """Whether every linear weight of ``model`` is stored in ``folder``'s safetensors, under its own name or
+    that of the parameter it is tied to (so :func:`restore_weights` can undo an in-place quantization
+    without a second copy of the model)."""
     from .weights import tensor_index
 
     try:
         index = tensor_index(folder)
     except InputError:
         return False
-    return all(name in index for name in linear_weight_names(model))
+    return _stored_names(model, index) is not None
 
 
 def restore_weights(model: Any, folder: Path) -> None:
@@ -52,12 +72,10 @@ def restore_weights(model: Any, folder: Path) -> None:
     from .weights import load_tensor, tensor_index
 
     index = tensor_index(folder)
-    names = linear_weight_names(model)
     with torch.no_grad():
-        for name in names:
+        for name, stored in (_stored_names(model, index) or {}).items():
             param = model.get_parameter(name)
-            param.copy_(load_tensor(index[name], name).to(dtype=param.dtype, device=param.device))
-    return True
+            param.copy_(load_tensor(index[stored], stored).to(dtype=param.dtype, device=param.device))
 
 
 def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, label: str | None = None,

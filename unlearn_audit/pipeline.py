@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
+import os
 import platform
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 from . import __version__
 from .analysis import FULL, Outputs, Reference, analyse
-from .config import AuditConfig
+from .config import AuditConfig, resolve_device
 from .data import ForgetData, cut_like_verbmem, dataset_patterns, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
 from .hub import METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve
@@ -44,7 +45,7 @@ from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
 from .verdict import decide
-from .weights import calibrated_diff, comparable_layers, linear_shapes, weight_diff
+from .weights import calibrated_diff, comparable_layers, linear_shapes, parameter_count, weight_diff
 
 PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
             "scikit-learn", "bitsandbytes")
@@ -258,9 +259,12 @@ def _reference(spec: ForgetSpec, spec_source: str, repos: dict[str, ResolvedRepo
         return Reference("retrain", None, f"the retrained model {repos['retrain'].reference}, probed in this audit "
                          "at full precision and under every variant")
     if "reference" in repos:
-        return Reference("reference", None, f"{repos['reference'].reference}, a model that never saw the forget set "
-                         f"({found_by['reference']}), probed in this audit at full precision and under every variant; "
-                         "weaker than a retrained model, which would also have seen the retain set")
+        published = spec.privleak.reference_auc
+        return Reference("reference", published, f"{repos['reference'].reference}, a model that never saw the forget "
+                         f"set ({found_by['reference']}), probed in this audit at full precision and under every "
+                         "variant; weaker than a retrained model, which would also have seen the retain set"
+                         + (f"; the PrivLeak score stays normalised by the published AUC {published}, as MUSE "
+                            "defines it" if published is not None else ""))
     floor = "VerbMem residuals are measured above the original's holdout floor, KnowMem residuals above 0"
     pl = spec.privleak
     if pl.reference_auc is not None:
@@ -386,6 +390,14 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
         shapes = linear_shapes(plan.repos["unlearned"].path)
     except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
         shapes = {}
+    billions = parameter_count(plan.repos["unlearned"].path) / 1e9
+    if config.device.startswith("cpu") and billions > 1:
+        width = {"float32": 4, "bfloat16": 2, "float16": 2}[config.resolved_dtype]
+        warning = (f"{plan.repos['unlearned'].reference} has {billions:.1f}B parameters and runs on the CPU in "
+                   f"{config.resolved_dtype}: about {billions * width:.0f} GB of memory per model and hours of "
+                   "probing; pass --device cuda (or run where torch sees a GPU) if you have one")
+        reporter.note(f"warning: {warning}")
+        plan.notes.append(warning[0].upper() + warning[1:] + ".")
     for quantizer in plan.quantizers:  # what a library cannot take is refused before the first probe
         check = getattr(quantizer, "check_shapes", None)
         if check is not None:
@@ -483,6 +495,27 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
     return result
 
 
+def make_scratch(root: Path) -> Path:
+    """A working folder for this audit (``scratch-<pid>-*``), after removing those of audits that died
+    (killed processes cannot clean up after themselves)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("scratch-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"scratch-{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def saved_checkpoint(scratch: Path, role: str, label: str) -> Path:
     return scratch / role / label.replace(":", "_")
 
@@ -578,6 +611,7 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     plan (no weights) -> fetch weights -> weight diagnostic -> probe every run -> analyse and record."""
     reporter = reporter or SilentReporter()
     started = time.time()
+    config = dataclasses.replace(config, device=resolve_device(config.device))  # auto: the accelerator if any
     the_plan = plan(config, reporter)
     if the_plan.spec.chat_template and not config.probes.chat_template:
         config = dataclasses.replace(config, probes=dataclasses.replace(config.probes, chat_template=True))
@@ -586,13 +620,14 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     fetch(the_plan, config, reporter)
     the_plan.timings["fetch"] = round(time.time() - t, 2)
     diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
-    home().mkdir(parents=True, exist_ok=True)
-    the_plan.scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=home()))
+    if any(q.stage == "calibrate" for q in the_plan.quantizers):  # GPTQ/AWQ checkpoints, kept to compare
+        the_plan.scratch = make_scratch(home())
     try:
         runs = run_all(the_plan, config, reporter)
         diagnose_calibrated(the_plan, diagnostic)
     finally:
-        shutil.rmtree(the_plan.scratch, ignore_errors=True)
+        if the_plan.scratch is not None:
+            shutil.rmtree(the_plan.scratch, ignore_errors=True)
     return record(the_plan, runs, diagnostic, config, started)
 
 

@@ -82,6 +82,25 @@ def linear_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def parameter_count(folder: Path) -> int:
+    """Parameters stored in ``folder``'s safetensors, from the headers only (0 when there are none)."""
+    from safetensors import safe_open
+
+    try:
+        index = tensor_index(folder)
+    except InputError:
+        return 0
+    total = 0
+    for file in sorted(set(index.values())):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                count = 1
+                for dim in handle.get_slice(name).get_shape():
+                    count *= dim
+                total += count
+    return total
+
+
 def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """One tensor from a safetensors file, as float32 (its values rounded to ``dtype`` first, if given)."""
     from safetensors import safe_open

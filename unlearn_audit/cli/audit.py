@@ -49,7 +49,7 @@ def check(
     sample_temperature: Annotated[Optional[float], typer.Option(
         help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
              "code does (0.9).")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(
         help="Weights and activations of full-precision runs: auto (float32 on CPU, bfloat16 on GPU), float32, "
              "bfloat16 or float16.")] = "auto",

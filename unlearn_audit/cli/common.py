@@ -29,7 +29,8 @@ QuantOpt = Annotated[list[str], typer.Option(
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Report formats, comma-separated: json,md,html.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Hugging Face Hub cache to resolve from (default: HF_HUB_CACHE / HF_HOME).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda:0.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA, then Apple MPS, then CPU) or a torch device, e.g. cpu or cuda:0.")]
 RootOpt = Annotated[Optional[Path], typer.Option(
     "--root", help="Where the miniature is built (default: $UNLEARN_AUDIT_HOME/miniature or ~/.cache/unlearn_audit/miniature).")]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the miniature even if a finished build exists.")]

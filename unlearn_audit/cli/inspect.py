@@ -20,7 +20,7 @@ def diff(
     layers: Annotated[bool, typer.Option(help="Show every layer, not only the totals.")] = False,
     dtype: Annotated[str, typer.Option(
         help="Compare as an audit in this dtype would (the narrowest of it and the stored dtypes).")] = "float32",
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
 ) -> None:
@@ -29,6 +29,7 @@ def diff(
     def run() -> int:
         from rich.markup import escape
 
+        from ..config import resolve_device
         from ..hub import resolve
         from ..quantize import parse_variants
         from ..report.record import write_atomic
@@ -43,7 +44,7 @@ def diff(
         with reporter() as progress:
             advance = progress.task("weight diagnostic", len(names))
             result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference), run_dtype=dtype,
-                                 device=device, advance=advance)
+                                 device=resolve_device(device), advance=advance)
         out.print(diff_table(result.as_dict(), layers=layers))
         for label, why in result.not_compared.items():
             out.print(f"{escape(label)}: not compared ({escape(why)})", soft_wrap=True)

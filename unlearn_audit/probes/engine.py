@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..errors import RuntimeFailure
+
 Advance = Callable[[int], None]
 """Called with the number of items just finished."""
 
@@ -39,8 +41,22 @@ class InferenceEngine(Protocol):
     def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]: ...
 
 
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+"""How torch says it: CUDA/MPS ``OutOfMemoryError`` ("out of memory"), the CPU allocator's RuntimeError
+("DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."), or Python's MemoryError."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or any(t in text for t in _OOM_TEXTS))
+
+
+def out_of_memory_at_batch_one(device: Any) -> RuntimeFailure:
+    """What to do when a single item does not fit."""
+    return RuntimeFailure(f"out of memory on {device} with a single item per batch",
+                          "use a device with more memory (--device), spread the model with --device-map auto, "
+                          "test fewer variants at once, or lower --max-items")
 
 
 def auto_batch_size(model: Any, max_tokens: int, cap: int = 64) -> int:
@@ -105,8 +121,10 @@ class Engine:
             try:
                 run(batch)
             except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc) or len(batch) == 1:
+                if not is_out_of_memory(exc):
                     raise
+                if len(batch) == 1:
+                    raise out_of_memory_at_batch_one(self.device) from exc
                 import torch
 
                 if torch.cuda.is_available():
@@ -148,7 +166,8 @@ class Engine:
         sampling = {"do_sample": False}
         if self.sample_temperature is not None:
             sampling = {"do_sample": True, "temperature": self.sample_temperature, "top_k": 0, "top_p": 1.0}
-        config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=self.pad_id,
+        # use_cache on whatever the checkpoint's generation_config says (some ship use_cache: false: 7x slower)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=self.pad_id, use_cache=True,
                                   eos_token_id=eos, **sampling)
         limit = max(1, self.context - max_new_tokens)
         encoded = []

@@ -155,7 +155,9 @@ def library_failures(label: str, model: nn.Module | None) -> Iterator[None]:
     try:
         yield
     except (AssertionError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+        from ..probes.engine import is_out_of_memory
+
+        if is_out_of_memory(exc):
             raise
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         layer = f" in layer {current[0]}" if current else ""
