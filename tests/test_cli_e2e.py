@@ -6,6 +6,8 @@ The audits themselves run once per session (see the ``audits`` fixture in confte
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +134,24 @@ def test_miniature_prints_a_usable_cache_line(world):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("HF_HUB_CACHE=")]
     assert lines == [f"HF_HUB_CACHE={world.hub_cache}"]
+
+
+OUR_LINES = re.compile(r"^(fetching the weights of |weight diagnostic|loading \w+ model |(unlearned|original|retrain|reference)"
+                       r" · |calibrating |\w+: reusing |merging the adapter |warning: |(PASS|FAIL|INCONCLUSIVE): |"
+                       r"  (json|md|html) |miniature/\w+ \(expected |Audit the miniature yourself:|  HF_HUB_CACHE=|$)")
+
+
+@pytest.mark.parametrize("command", [
+    ["check", "miniature/fragile", "--quant", "rtn:4,bnb:fp4,gptq:4,awq:4", "--max-items", "2", "--min-items", "1",
+     "--no-cache"],
+    ["demo", "--quant", "rtn:4"],
+])
+def test_only_our_own_lines_reach_the_terminal(world, tmp_path, command):
+    """With every extra installed (GPT-QModel brings torchao), no third-party warning reaches stdout or stderr."""
+    pytest.importorskip("gptqmodel")
+    env = {**os.environ, "HF_HUB_CACHE": str(world.hub_cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", *command, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode in (0, 1), proc.stderr
+    foreign = [line for line in (proc.stdout + proc.stderr).splitlines() if not OUR_LINES.match(line)]
+    assert foreign == [], foreign

@@ -31,4 +31,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def main() -> None:
+    from ..noise import quiet_third_party
+
+    quiet_third_party()
     app()
