@@ -117,14 +117,19 @@ def max_distinct(values: torch.Tensor) -> int:
     return int(((ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1) + 1).max().item())
 
 
+def pad_to_groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``weight`` [out, in] widened to a multiple of ``group_size`` columns by repeating each row's last
+    value: the last (shorter) group's min, max, absmax and distinct values are unchanged."""
+    extra = -weight.shape[-1] % group_size
+    if not extra:
+        return weight
+    return torch.cat([weight, weight[..., -1:].expand(*weight.shape[:-1], extra)], dim=-1)
+
+
 def count_levels_per_group(weight: torch.Tensor, group_size: int) -> int:
     """Largest number of distinct values in any group of ``group_size`` input columns (the last group
-    of a row may be shorter; padding it with its own last value adds no distinct value)."""
-    out_features, in_features = weight.shape
-    extra = -in_features % group_size
-    if extra:
-        weight = torch.cat([weight, weight[:, -1:].expand(out_features, extra)], dim=1)
-    return max_distinct(weight.reshape(out_features, -1, group_size))
+    of a row may be shorter; :func:`pad_to_groups` adds no distinct value)."""
+    return max_distinct(pad_to_groups(weight, group_size).reshape(weight.shape[0], -1, group_size))
 
 
 def verify_proof(label: str, proof: QuantProof) -> QuantProof:

@@ -96,7 +96,7 @@ class BnbQuantizer:
         if self.kind == "int8":
             return RowGrid(w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127, w.shape)
         code = torch.unique(_bnb().functional.get_4bit_type(self.kind, device="cpu").float()).to(w.device)
-        blocks = _blocks(w, 64)
+        blocks = _blocks(w, _BLOCK)
         return BlockCodebookGrid(blocks.abs().amax(dim=-1, keepdim=True), code, w.shape)
 
     @torch.no_grad()

@@ -29,16 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import QuantProof, QuantResult, count_levels_per_group, verify_proof
-
-
-def pad_to_groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``weight`` [out, in] widened to a multiple of ``group_size`` columns by repeating each row's last
-    value: the last (shorter) group's min, max, absmax and distinct values are unchanged."""
-    extra = -weight.shape[-1] % group_size
-    if not extra:
-        return weight
-    return torch.cat([weight, weight[..., -1:].expand(*weight.shape[:-1], extra)], dim=-1)
+from .base import QuantProof, QuantResult, count_levels_per_group, pad_to_groups, verify_proof
 
 
 def n_groups(in_features: int, group_size: int) -> int:
