@@ -171,6 +171,24 @@ class _Totals:
     steps_sum: float = 0.0
     distance_sum: float = 0.0
 
+    def add_levels(self, moved: torch.Tensor, same: torch.Tensor, common: torch.Tensor | None = None
+                   ) -> dict[str, int]:
+        """Count one matrix's weights: moved, same level (own grids), and on the common grid if there is one."""
+        counts = {"moved": int(moved.sum()), "same": int(same.sum()), "same_moved": int((same & moved).sum()),
+                  "common": 0 if common is None else int(common.sum()),
+                  "common_moved": 0 if common is None else int((common & moved).sum())}
+        self.numel += same.numel()
+        for key, value in counts.items():
+            setattr(self, key, getattr(self, key) + value)
+        return counts
+
+    def add_grids(self, changed: torch.Tensor, rel: torch.Tensor) -> None:
+        """Count one matrix's groups: whether each group's parameters changed, and by how much its scale did."""
+        self.groups += changed.numel()
+        self.groups_changed += int(changed.sum())
+        self.scale_change_max = max(self.scale_change_max, float(rel.max()))
+        self.scale_change_sum += float(rel.sum())
+
     def overall(self) -> dict[str, Any]:
         of_moved = self.same_moved / self.moved if self.moved else None
         change_mean = self.scale_change_sum / self.groups if self.groups else 0.0
@@ -208,9 +226,13 @@ class WeightDiff:
                 "layers": {q: [vars(layer) for layer in rows] for q, rows in self.layers.items()}}
 
 
+def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """|new - old| / |old| per element (against 1 where old is 0)."""
+    return (new - old).abs() / torch.where(old.abs() > 0, old.abs(), torch.ones_like(old))
+
+
 def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name: str, totals: _Totals) -> LayerDiff:
     moved = u != o
-    n_moved = int(moved.sum())
     grid_o, grid_u = quantizer.fit_grid(o), quantizer.fit_grid(u)
     code_o = grid_o.codes(o)
     same = grid_u.codes(u) == code_o  # each model on its own grid: what the quantized checkpoints store
@@ -218,22 +240,12 @@ def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name:
     common = code_common == code_o
     p_o, p_u = grid_o.params(), grid_u.params()
     changed = (p_o != p_u).any(dim=-1)
-    scale_o, scale_u = p_o[..., 0], p_u[..., 0]
-    rel = (scale_u - scale_o).abs() / torch.where(scale_o.abs() > 0, scale_o.abs(), torch.ones_like(scale_o))
+    rel = relative_change(p_u[..., 0], p_o[..., 0])
+    counts = totals.add_levels(moved, same, common)
+    totals.add_grids(changed, rel)
+    n_moved = counts["moved"]
     steps_sum = float(((u - o).abs() / grid_o.steps())[moved].sum()) if n_moved else 0.0
     distance_sum = float((code_common - code_o).abs()[moved].float().sum()) if n_moved else 0.0
-    counts = {"same": int(same.sum()), "same_moved": int((same & moved).sum()), "common": int(common.sum()),
-              "common_moved": int((common & moved).sum())}
-    totals.numel += u.numel()
-    totals.moved += n_moved
-    totals.same += counts["same"]
-    totals.same_moved += counts["same_moved"]
-    totals.common += counts["common"]
-    totals.common_moved += counts["common_moved"]
-    totals.groups += changed.numel()
-    totals.groups_changed += int(changed.sum())
-    totals.scale_change_max = max(totals.scale_change_max, float(rel.max()))
-    totals.scale_change_sum += float(rel.sum())
     totals.steps_sum += steps_sum
     totals.distance_sum += distance_sum
     return LayerDiff(name=name, numel=u.numel(), moved=n_moved / u.numel(), same_code=counts["same"] / u.numel(),
@@ -331,17 +343,9 @@ def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Pat
         else:
             moved = torch.ones_like(codes_u, dtype=torch.bool)
         moved = moved[: codes_u.shape[0], : codes_u.shape[1]]
-        same = codes_u == codes_o
-        changed = (scale_u != scale_o) | (zero_u[:, : scale_u.shape[1]] != zero_o[:, : scale_o.shape[1]])
-        rel = (scale_u - scale_o).abs() / torch.where(scale_o.abs() > 0, scale_o.abs(), torch.ones_like(scale_o))
-        t.numel += codes_u.numel()
-        t.moved += int(moved.sum())
-        t.same += int(same.sum())
-        t.same_moved += int((same & moved).sum())
-        t.groups += changed.numel()
-        t.groups_changed += int(changed.sum())
-        t.scale_change_max = max(t.scale_change_max, float(rel.max()))
-        t.scale_change_sum += float(rel.sum())
+        t.add_levels(moved, codes_u == codes_o)
+        t.add_grids((scale_u != scale_o) | (zero_u[:, : scale_u.shape[1]] != zero_o[:, : scale_o.shape[1]]),
+                    relative_change(scale_u, scale_o))
     if not t.numel:
         raise InputError("the saved checkpoints hold no packed layer", "report this as a bug")
     overall = t.overall()
