@@ -55,10 +55,10 @@ def main() -> None:
     from unlearn_audit.cache import home
     from unlearn_audit.quantize import parse_variants
     from unlearn_audit.resources import peak_rss_mb
-    from unlearn_audit.weights import comparable_layers, linear_shapes, weight_diff
+    from unlearn_audit.weights import comparable_layers, linear_shapes, tensor_shapes, weight_diff
 
     original, nudged = build(home() / "bench", args.layers)
-    linear = sum(a * b for a, b in linear_shapes(original).values())
+    linear = sum(a * b for a, b in linear_shapes(tensor_shapes(original)).values())
     _, _, names = comparable_layers(nudged, original)
     print(f"model: {original.name}, {linear / 1e9:.2f}B linear weights in {len(names)} matrices, "
           f"{torch.get_num_threads()} threads, device {args.device}")

@@ -74,7 +74,7 @@ def test_merged_weights_equal_base_plus_lora(world, adapter):
     from unlearn_audit.cache import home
 
     base = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
-    merged = merge_adapter(resolve(str(adapter)), base, home() / "merged", allow_pickle=False, trust_remote_code=False)
+    merged = merge_adapter(resolve(str(adapter)), base, home() / "merged", trust_remote_code=False)
     lora = load_file(str(adapter / "adapter_model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"
     a = next(v for k, v in lora.items() if "layers.0.self_attn.q_proj.lora_A" in k)

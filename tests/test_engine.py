@@ -163,7 +163,7 @@ def test_a_large_model_on_cpu_is_warned_about(world, tmp_path, monkeypatch):
     import unlearn_audit.pipeline as pipeline
     from unlearn_audit.cli import app
 
-    monkeypatch.setattr(pipeline, "parameter_count", lambda folder: 7_000_000_000)
+    monkeypatch.setattr(pipeline, "parameter_count", lambda shapes: 7_000_000_000)
     result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "2",
                                       "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path),
                                       "--format", "json"])

@@ -65,6 +65,9 @@ class MergedAdapter:
     folder: Path
     peft_version: str
     peft_type: str
+    identity: str
+    """The merge's identity (from the adapter's and base's commits or folder fingerprints): its folder name
+    and the commit the result cache keys on."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"adapter": self.adapter.as_dict(), "base": self.base.as_dict(), "merged_folder": str(self.folder),
@@ -74,7 +77,7 @@ class MergedAdapter:
         """The merged checkpoint, under the adapter's name; its identity is the adapter's and base's commits."""
         return ResolvedRepo(reference=self.adapter.reference, kind="model", source="merged", path=self.folder,
                             repo_id=self.adapter.repo_id, revision=self.adapter.revision,
-                            commit=_identity(self.adapter, self.base))
+                            commit=self.identity)
 
 
 def _identity(adapter: ResolvedRepo, base: ResolvedRepo) -> str:
@@ -86,8 +89,7 @@ def _identity(adapter: ResolvedRepo, base: ResolvedRepo) -> str:
     return "merged-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def merge_adapter(adapter: ResolvedRepo, base: ResolvedRepo, root: Path, *, allow_pickle: bool,
-                  trust_remote_code: bool) -> MergedAdapter:
+def merge_adapter(adapter: ResolvedRepo, base: ResolvedRepo, root: Path, *, trust_remote_code: bool) -> MergedAdapter:
     """Merge ``adapter`` into ``base`` (both with their weights) and save it as safetensors under ``root``
     (reused when already there). The merge runs in the base's stored dtype."""
     try:
@@ -101,7 +103,7 @@ def merge_adapter(adapter: ResolvedRepo, base: ResolvedRepo, root: Path, *, allo
     folder = Path(root) / identity
     settings = adapter_settings(adapter.path, adapter.reference)
     info = MergedAdapter(adapter=adapter, base=base, folder=folder, peft_version=peft.__version__,
-                         peft_type=str(settings.get("peft_type", "LORA")))
+                         peft_type=str(settings.get("peft_type", "LORA")), identity=identity)
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return info
     stored = json.loads((base.path / "config.json").read_text(encoding="utf-8"))

@@ -45,7 +45,7 @@ from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
 from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
 from .verdict import decide
-from .weights import calibrated_diff, comparable_layers, linear_shapes, parameter_count, weight_diff
+from .weights import calibrated_diff, linear_shapes, parameter_count, tensor_shapes, weight_diff
 
 PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "rouge-score",
             "scikit-learn", "bitsandbytes")
@@ -387,10 +387,10 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
     if plan.adapter_base is not None:
         _merge(plan, config, reporter, weights)
     try:
-        shapes = linear_shapes(plan.repos["unlearned"].path)
+        shapes = tensor_shapes(plan.repos["unlearned"].path)
     except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
         shapes = {}
-    billions = parameter_count(plan.repos["unlearned"].path) / 1e9
+    billions = parameter_count(shapes) / 1e9
     if config.device.startswith("cpu") and billions > 1:
         width = {"float32": 4, "bfloat16": 2, "float16": 2}[config.resolved_dtype]
         warning = (f"{plan.repos['unlearned'].reference} has {billions:.1f}B parameters and runs on the CPU in "
@@ -401,22 +401,21 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
     for quantizer in plan.quantizers:  # what a library cannot take is refused before the first probe
         check = getattr(quantizer, "check_shapes", None)
         if check is not None:
-            check(shapes)
+            check(linear_shapes(shapes))
 
 
 def _merge(plan: Plan, config: AuditConfig, reporter: Reporter, weights: dict[str, Any]) -> None:
     """Merge an adapter checkpoint into its base (phase two; see unlearn_audit.adapters)."""
-    if plan.adapter_base is not None:
-        base = fetch_weights(plan.adapter_base, **weights)
-        check_files(base.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                    label=base.reference)
-        reporter.note(f"merging the adapter {plan.repos['unlearned'].reference} into {base.reference} (peft)")
-        plan.adapter = merge_adapter(plan.repos["unlearned"], base, home() / "merged",
-                                     allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-        plan.repos["unlearned"] = plan.adapter.as_repo()
-        plan.notes.append(f"{plan.adapter.adapter.reference} is a {plan.adapter.peft_type} adapter: audited merged "
-                          f"into its base {base.reference} (peft {plan.adapter.peft_version} merge_and_unload), "
-                          "as users run it.")
+    base = fetch_weights(plan.adapter_base, **weights)
+    check_files(base.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                label=base.reference)
+    reporter.note(f"merging the adapter {plan.repos['unlearned'].reference} into {base.reference} (peft)")
+    plan.adapter = merge_adapter(plan.repos["unlearned"], base, home() / "merged",
+                                 trust_remote_code=config.trust_remote_code)
+    plan.repos["unlearned"] = plan.adapter.as_repo()
+    plan.notes.append(f"{plan.adapter.adapter.reference} is a {plan.adapter.peft_type} adapter: audited merged "
+                      f"into its base {base.reference} (peft {plan.adapter.peft_version} merge_and_unload), "
+                      "as users run it.")
 
 
 def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
@@ -544,12 +543,10 @@ def diagnose(plan: Plan, config: AuditConfig, reporter: Reporter) -> dict[str, A
     """The weight-level diagnostic (no data needed)."""
     try:
         unlearned, original = plan.repos["unlearned"], plan.repos["original"]
-        _, _, names = comparable_layers(unlearned.path, original.path)
-        fixed = any(q.fixed_grid for q in plan.quantizers)
-        advance = reporter.task("weight diagnostic (no data needed)", len(names)) if fixed else None
         result = weight_diff(unlearned.path, original.path, plan.quantizers,
                              labels=(unlearned.reference, original.reference), run_dtype=config.resolved_dtype,
-                             device=config.device if config.device_map is None else "cpu", advance=advance)
+                             device=config.device if config.device_map is None else "cpu",
+                             progress=lambda total: reporter.task("weight diagnostic (no data needed)", total))
         plan.timings["weight_diagnostic"] = result.seconds
         return result.as_dict()
     except InputError as exc:

@@ -32,6 +32,7 @@ safetensors, on ``device`` (an accelerator when the audit has one).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,37 +69,28 @@ def tensor_index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def linear_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes of the linear weight matrices, read from the safetensors headers only (no tensor is loaded)."""
+def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in ``folder``'s safetensors, from the headers only (one open per file); raises
+    :class:`InputError` when there is no safetensors file."""
     from safetensors import safe_open
 
     shapes = {}
-    for name, file in tensor_index(folder).items():
-        if name.endswith(".weight") and not any(s in name for s in _SKIP):
-            with safe_open(str(file), framework="pt") as handle:
-                shape = tuple(handle.get_slice(name).get_shape())
-            if len(shape) == 2:
-                shapes[name] = shape
+    for file in sorted(set(tensor_index(folder).values())):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
 
 
-def parameter_count(folder: Path) -> int:
-    """Parameters stored in ``folder``'s safetensors, from the headers only (0 when there are none)."""
-    from safetensors import safe_open
+def linear_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The linear weight matrices among ``shapes`` (lm_head, embeddings and norms excluded)."""
+    return {name: shape for name, shape in shapes.items()
+            if name.endswith(".weight") and not any(s in name for s in _SKIP) and len(shape) == 2}
 
-    try:
-        index = tensor_index(folder)
-    except InputError:
-        return 0
-    total = 0
-    for file in sorted(set(index.values())):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                count = 1
-                for dim in handle.get_slice(name).get_shape():
-                    count *= dim
-                total += count
-    return total
+
+def parameter_count(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Parameters in ``shapes``."""
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -270,9 +262,10 @@ def comparable_layers(unlearned: Path, original: Path) -> tuple[dict[str, Path],
 
 def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *, labels: tuple[str, str] = ("", ""),
                 run_dtype: str = "float32", device: str = "cpu",
-                advance: Callable[[int], None] | None = None) -> WeightDiff:
+                progress: Callable[[int], Callable[[int], None]] | None = None) -> WeightDiff:
     """Compare two checkpoints' linear weights under each fixed-grid quantizer (see the module docstring).
-    ``advance(1)`` is called after each tensor pair (progress)."""
+    ``progress(total)`` is called once, when there is something to compare, with the number of tensor pairs;
+    the function it returns is called with 1 after each pair."""
     import time
 
     from safetensors import safe_open
@@ -285,6 +278,7 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
                                       "from the two checkpoints the audit quantizes (an audit does that after its "
                                       "probes; `diff` alone cannot)" for q in quantizers if not q.fixed_grid})
     totals = {q.label: _Totals() for q in usable}
+    advance = progress(len(names)) if progress is not None and usable else None
     target = getattr(torch, run_dtype)
     seen: set[torch.dtype] = set()
     for name in names if usable else []:  # nothing to compare: no tensor is read

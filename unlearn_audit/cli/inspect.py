@@ -33,18 +33,17 @@ def diff(
         from ..hub import resolve
         from ..quantize import parse_variants
         from ..report.record import write_atomic
-        from ..weights import comparable_layers, weight_diff
+        from ..weights import weight_diff
 
         if dtype not in ("float32", "bfloat16", "float16"):
             raise UsageError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
         quantizers = parse_variants(_split(quant))
         u = resolve(model, cache_dir=cache_dir, offline=offline or None)
         o = resolve(original, cache_dir=cache_dir, offline=offline or None)
-        _, _, names = comparable_layers(u.path, o.path)
         with reporter() as progress:
-            advance = progress.task("weight diagnostic", len(names))
             result = weight_diff(u.path, o.path, quantizers, labels=(u.reference, o.reference), run_dtype=dtype,
-                                 device=resolve_device(device), advance=advance)
+                                 device=resolve_device(device),
+                                 progress=lambda total: progress.task("weight diagnostic", total))
         out.print(diff_table(result.as_dict(), layers=layers))
         for label, why in result.not_compared.items():
             out.print(f"{escape(label)}: not compared ({escape(why)})", soft_wrap=True)
