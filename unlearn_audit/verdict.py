@@ -83,20 +83,20 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     """Apply the policy to ``analysis`` (setting each judged share's ``status``) and conclude."""
     names = variant_names or {}
     judged = [m for m in thresholds.judged if m in analysis.gaps]
-    knew = [m for m in judged if abs(analysis.gaps[m]) >= thresholds.min_gap]
+    knew: list[str] = []
     reasons: list[str] = []
     for m in judged:
-        if m not in knew and not (m in analysis.floor_gaps and analysis.floor_gaps[m] < thresholds.min_gap):
-            reasons.append(f"{METRIC_NOUNS[m]}: the original beats the reference by only "
-                           f"{abs(analysis.gaps[m]):.1f} points (< {thresholds.min_gap:g}), so it cannot judge")
-    for m, gap in analysis.floor_gaps.items():
-        if m in judged and gap < thresholds.min_gap:
-            if m in knew:
-                knew.remove(m)
+        gap = analysis.floor_gaps.get(m)
+        if gap is not None and gap < thresholds.min_gap:
             floor = analysis.floors[m]["original"].value
             reasons.append(f"{METRIC_NOUNS[m]}: the original scores {floor + gap:.1f} on the forget set and "
                            f"{floor:.1f} on held-out text it never saw (the holdout floor): no more memory of the "
                            f"forget set than of unseen text (gap {gap:.1f} < {thresholds.min_gap:g}), so it cannot judge")
+        elif abs(analysis.gaps[m]) < thresholds.min_gap:
+            reasons.append(f"{METRIC_NOUNS[m]}: the original beats the reference by only "
+                           f"{abs(analysis.gaps[m]):.1f} points (< {thresholds.min_gap:g}), so it cannot judge")
+        else:
+            knew.append(m)
     if "privleak" in knew and analysis.reference_role is None and "verbmem_f" in analysis.floor_gaps \
             and "verbmem_f" not in knew:
         knew.remove("privleak")
