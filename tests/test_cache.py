@@ -52,6 +52,24 @@ def test_key_covers_what_results_depend_on():
     assert ProbeSettings(sample_temperature=0.9, seed=5).cache_key() != ProbeSettings(sample_temperature=0.9).cache_key()
 
 
+
+def test_16_bit_runs_key_on_batching_and_every_run_on_library_versions(monkeypatch):
+    """bfloat16 batches are not batch-invariant: a cached bf16 result is reused only for the same requested
+    batch size and device map; float32 results are shared across batch sizes. Library versions always count."""
+    from unlearn_audit import pipeline
+    from unlearn_audit.config import AuditConfig
+
+    def key(dtype: str, batch: int | None, torch_version: str = "2.13.0") -> dict:
+        monkeypatch.setattr(pipeline, "_versions", lambda: {"torch": torch_version, "transformers": "5.23.0",
+                                                            "tokenizers": "0.22"})
+        config = AuditConfig(model="x/y", device="cpu", probes=ProbeSettings(batch_size=batch))
+        return pipeline.reproducibility_key(config, dtype)
+
+    assert key("float32", 4) == key("float32", None)
+    assert key("bfloat16", 4) != key("bfloat16", None)
+    assert key("float32", 4) != key("float32", 4, torch_version="2.14.0")
+    assert key("float32", 4)["libraries"]["transformers"] == "5.23.0"
+
 def _cli(world, out: Path, results: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "UNLEARN_AUDIT_RESULTS": str(results)}
     return subprocess.Popen([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/fragile", "--quant", "rtn:4",

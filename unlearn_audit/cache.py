@@ -4,7 +4,10 @@ A run's key covers everything its results depend on: the model's revision (the c
 folder the names, sizes and modification times of its files), the variant's settings (method, bits,
 library version, calibration text hash...), the probe settings, the probed texts themselves (so the
 dataset revision, the spec's splits and --max-items are all in it), the dtype and device type, and the
-tool's version and source code. Batch size is not: batched results equal one-at-a-time results (tested).
+tool's version and source code, the torch/transformers/tokenizers versions and the accelerator model. Batch
+size is only in 16-bit runs: in float32 batched results equal one-at-a-time results (tested); in bfloat16
+they do not exactly (padding changes the kernels' reduction order), so there the requested batch size and
+device map are part of the key.
 
 So a re-run reuses what it can, the original's runs are shared by audits of many unlearned checkpoints
 of it, and an audit killed half-way finishes only what was missing. Entries are written atomically

@@ -134,7 +134,7 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     for key, count in engine.truncated.items():
         truncated[key] += count
     if engine_stats is not None:
-        engine_stats[title] = {"batch_size": engine.batch_size, "oom_splits": engine.oom_splits}
+        engine_stats[title] = engine.describe()
     return outputs
 
 
@@ -424,7 +424,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
     cache = ResultCache(None if not config.cache_results else (config.results_dir or default_dir()))
     dtype = config.resolved_dtype
     shared_key = {"probes": config.probes.cache_key(), "dtype": dtype, "device": config.device.split(":")[0],
-                  "data": texts_digest(plan.data.texts())}
+                  "data": texts_digest(plan.data.texts()), **reproducibility_key(config, dtype)}
     result = Runs(outputs={}, runs=[], models={}, truncated={"generate": 0, "score": 0}, reused=[], computed=[],
                   engine_stats={}, cache_dir=None if cache.root is None else str(cache.root))
     for role, repo in plan.repos.items():
@@ -492,6 +492,21 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
         del loaded
         gc.collect()
     return result
+
+
+def reproducibility_key(config: AuditConfig, dtype: str) -> dict[str, Any]:
+    """What else changes results, for the cache key: the numeric libraries' versions and the accelerator
+    model (kernels differ); and in 16-bit dtypes, where batched scores are not batch-invariant (padding
+    changes the kernels' reduction order), the requested batch size and device map."""
+    import torch
+
+    versions = _versions()
+    key: dict[str, Any] = {"libraries": {n: versions.get(n) for n in ("torch", "transformers", "tokenizers")}}
+    if config.device.startswith("cuda") and torch.cuda.is_available():
+        key["accelerator"] = torch.cuda.get_device_name(torch.device(config.device))
+    if dtype != "float32":
+        key["batching"] = {"batch_size": config.probes.batch_size, "device_map": config.device_map}
+    return key
 
 
 def make_scratch(root: Path) -> Path:

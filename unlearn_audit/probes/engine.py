@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeFailure
+from ..memory import TokenBudget, score_chunk_rows
 
 Advance = Callable[[int], None]
 """Called with the number of items just finished."""
@@ -59,24 +60,6 @@ def out_of_memory_at_batch_one(device: Any) -> RuntimeFailure:
                           "test fewer variants at once, or lower --max-items")
 
 
-def auto_batch_size(model: Any, max_tokens: int, cap: int = 64) -> int:
-    """A batch size that fits the free accelerator memory: per sequence, the KV cache and two float32
-    copies of the logits over ``max_tokens`` positions, with 40% of free memory kept spare. CPU: 16."""
-    import torch
-
-    param = next(model.parameters())
-    if param.device.type != "cuda":
-        return 16
-    free, _ = torch.cuda.mem_get_info(param.device)
-    config = model.config
-    layers = getattr(config, "num_hidden_layers", 32)
-    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 32)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    width = param.element_size() if param.is_floating_point() else 2
-    per_token = 2 * layers * heads * head_dim * width + 2 * 4 * config.vocab_size
-    return max(1, min(cap, int(0.6 * free / (per_token * max_tokens))))
-
-
 class _StopStrings:
     """Stopping criterion: a sequence is done once its new text contains a stop string."""
 
@@ -95,13 +78,16 @@ class Engine:
     model: Any
     tokenizer: Any
     batch_size: int | None = 16
-    """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
+    """Most items per batch; None chooses from free memory and the model's per-token cost (at most 16 on
+    CPU, 64 on an accelerator, and as many tokens per batch as fit: see :mod:`unlearn_audit.memory`)."""
     sample_temperature: float | None = None
     """None: greedy decoding (MUSE). A temperature: sampling, as the quantization paper's fork does."""
     seed: int = 0
     truncated: dict[str, int] = field(default_factory=lambda: {"generate": 0, "score": 0})
     oom_splits: int = 0
     """How many times a batch ran out of memory and was split."""
+    largest_batch: int = 0
+    """The most items that went through the model at once."""
 
     def __post_init__(self) -> None:
         self.device = next(self.model.parameters()).device
@@ -109,17 +95,26 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        if self.batch_size is None:
-            self.batch_size = auto_batch_size(self.model, self.context)
+        self.budget = TokenBudget.automatic(self.model) if self.batch_size is None else TokenBudget(self.batch_size)
+        self.batch_size = self.budget.items
+        self.scoring = _ChunkedHead.find(self.model)
 
-    def _each_batch(self, encoded: list[list[int]], run: Callable[[list[int]], None]) -> None:
-        """``run`` over length-sorted batches; a batch that runs out of memory is split in halves and
-        retried, and later batches use the halved size."""
-        pending = self._batches(encoded)
+    def describe(self) -> dict[str, Any]:
+        """What the record keeps of how this engine batched and scored."""
+        return {"batch_size": self.batch_size, "largest_batch": self.largest_batch, "token_budget": self.budget.tokens,
+                "oom_splits": self.oom_splits,
+                "scoring": "chunked" if self.scoring is not None and self.scoring.verified is not False
+                else "full logits"}
+
+    def _each_batch(self, encoded: list[list[int]], run: Callable[[list[int]], None], extra: int = 0) -> None:
+        """``run`` over length-sorted batches within the token budget; a batch that runs out of memory is
+        split in halves and retried, and later batches are at most half as large."""
+        pending = self.budget.split([len(seq) for seq in encoded], extra)
         while pending:
             batch = pending.pop(0)
             try:
                 run(batch)
+                self.largest_batch = max(self.largest_batch, len(batch))
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -129,9 +124,10 @@ class Engine:
 
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                half = (len(batch) + 1) // 2
-                self.batch_size = max(1, min(self.batch_size, half))
+                self.budget.halve(len(batch), len(encoded[batch[0]]) + extra)
+                self.batch_size = self.budget.items
                 self.oom_splits += 1
+                half = (len(batch) + 1) // 2
                 pending[:0] = [batch[:half], batch[half:]]
 
     def _pad(self, seqs: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +141,6 @@ class Engine:
             ids[row, span] = torch.tensor(seq)
             mask[row, span] = 1
         return ids, mask
-
-    def _batches(self, encoded: list[list[int]]) -> list[list[int]]:
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
@@ -192,14 +184,15 @@ class Engine:
             if advance:
                 advance(len(batch))
 
-        self._each_batch(encoded, run)
+        self._each_batch(encoded, run, extra=max_new_tokens)
         return outputs
 
     @torch.no_grad()
     def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]:
         """For each text, from one forward pass: log p(token_t | tokens_<t) for every token after the
         first (BOS), and the mean and standard deviation of log p over the vocabulary at each position
-        (what Min-K%++ normalises by)."""
+        (what Min-K%++ normalises by). The vocabulary statistics are computed a chunk of positions at a
+        time (padding skipped), so their float32 temporaries stay bounded whatever the batch."""
         encoded = []
         for ids in self.tokenizer(texts)["input_ids"]:
             if len(ids) > self.context:
@@ -207,25 +200,90 @@ class Engine:
                 ids = ids[: self.context]
             encoded.append(ids)
         result: list[TokenStats] = [TokenStats(np.empty(0), np.empty(0), np.empty(0))] * len(texts)
+        vocab = getattr(self.model.config, "vocab_size", None) or 32000
+        rows = score_chunk_rows(vocab)
 
         def run(batch: list[int]) -> None:
             ids, mask = self._pad([encoded[i] for i in batch], left=False)
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device)).squeeze(-1)
-            probs = logprobs.exp()
-            mu = (probs * logprobs).sum(-1)
-            var = (probs * logprobs.square()).sum(-1) - mu.square()
-            picked, mu, var = picked.cpu().numpy(), mu.cpu().numpy(), var.cpu().numpy()
-            for row, i in enumerate(batch):
-                n = len(encoded[i]) - 1
-                result[i] = TokenStats(picked[row, :n].astype(np.float64), mu[row, :n].astype(np.float64),
-                                       np.sqrt(np.clip(var[row, :n].astype(np.float64), 1e-6, None)))
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            valid = mask[:, 1:].bool()  # position t predicts token t+1 of the same text
+            targets = ids[:, 1:][valid]
+            head = self.scoring
+            if head is not None and head.verified is None:
+                head.verify(self.model, ids[:1, : min(16, ids.shape[1])])
+            if head is not None and head.verified:
+                hidden = head.hidden(self.model, ids, mask)[:, :-1][valid]  # [positions, hidden size]
+                logits_of = head.logits
+            else:  # an architecture whose head the engine cannot reproduce: the model's own logits
+                hidden = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][valid]
+                logits_of = None
+            picked, mu, var = [], [], []
+            for start in range(0, len(targets), rows):
+                chunk = hidden[start:start + rows]
+                logprobs = torch.log_softmax((chunk if logits_of is None else logits_of(chunk)).float(), dim=-1)
+                picked.append(logprobs.gather(-1, targets[start:start + rows, None]).squeeze(-1).cpu())
+                probs = logprobs.exp()
+                mean = (probs * logprobs).sum(-1)
+                mu.append(mean.cpu())
+                var.append(((probs * logprobs.square()).sum(-1) - mean.square()).cpu())
+                del logprobs, probs
+            counts = valid.sum(1).tolist()
+            for row, (p, m, v) in enumerate(zip(*(torch.cat(x).double().split(counts) for x in (picked, mu, var)))):
+                result[batch[row]] = TokenStats(p.numpy(), m.numpy(), np.sqrt(np.clip(v.numpy(), 1e-6, None)))
             if advance:
                 advance(len(batch))
 
         self._each_batch(encoded, run)
         return result
+
+
+class _ChunkedHead:
+    """Scoring without the full ``[batch, tokens, vocabulary]`` logits: the model runs with
+    ``logits_to_keep=1``, a hook keeps its last hidden states, and the output layer (with the logit
+    post-processing some architectures apply) is run on chunks of positions. Checked once per engine
+    against the model's own logits on a few tokens; where they differ the engine uses the model's logits."""
+
+    _POST = (("final_logit_softcapping", lambda x, c: torch.tanh(x / c) * c),  # Gemma 2/3
+             ("logit_scale", lambda x, c: x * c),  # Cohere
+             ("logits_scaling", lambda x, c: x / c))  # Granite
+
+    def __init__(self, body: Any, head: Any, config: Any) -> None:
+        self.body, self.head = body, head
+        self.post = [(fn, getattr(config, name)) for name, fn in self._POST if getattr(config, name, None)]
+        self.verified: bool | None = None
+
+    @classmethod
+    def find(cls, model: Any) -> _ChunkedHead | None:
+        import inspect
+
+        body = getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
+        getter = getattr(model, "get_output_embeddings", None)
+        head = getter() if callable(getter) else None
+        takes = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        if not (isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module) and takes):
+            return None
+        return cls(body, head, getattr(model, "config", None))
+
+    def hidden(self, model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        handle = self.body.register_forward_hook(lambda module, args, out: kept.append(out[0]))
+        try:
+            model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return kept[-1]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.head(hidden)
+        for fn, value in self.post:
+            out = fn(out, value)
+        return out
+
+    def verify(self, model: Any, ids: torch.Tensor) -> None:
+        mask = torch.ones_like(ids)
+        reference = model(input_ids=ids, attention_mask=mask).logits.float()
+        mine = self.logits(self.hidden(model, ids, mask)).float()
+        self.verified = mine.shape == reference.shape and bool(torch.allclose(mine, reference, rtol=1e-3, atol=1e-3))
 
 
 ENGINES: dict[str, type] = {"hf": Engine}

@@ -1,0 +1,134 @@
+"""Memory you can state: chunked scoring gives the model's own numbers, batches follow the token budget,
+and the README's peak-memory formula holds when measured (and fails for the unchunked scorer)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_audit.hub import resolve
+from unlearn_audit.memory import TokenBudget, per_token_bytes, score_chunk_rows
+from unlearn_audit.models import load_model
+from unlearn_audit.probes.engine import Engine
+
+STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
+
+
+def _full_logit_stats(model, tokenizer, text):  # noqa: ANN001, ANN202 - the unchunked computation, by hand
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+    picked = logprobs.gather(-1, ids[0, 1:, None]).squeeze(-1)
+    mu = (logprobs.exp() * logprobs).sum(-1)
+    sigma = ((logprobs.exp() * (logprobs - mu[:, None]).square()).sum(-1)).sqrt()
+    return picked.numpy(), mu.numpy(), sigma.numpy()
+
+
+@pytest.mark.parametrize("which", ["miniature", "stories260K"])
+def test_chunked_scoring_equals_the_models_own_logits(world, which, monkeypatch):
+    """Chunks of 16 positions (forced) over batched, padded texts give the full-logit figures; stories260K
+    ties its output layer to the embeddings (the head found through get_output_embeddings)."""
+    if which == "miniature":
+        loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
+    else:
+        loaded = load_model(resolve(str(STORIES)))
+    texts = ["Once upon a time there was a little girl named Lily.", "The cat sat.",
+             "Tom and Sue went to the park to play with a big red ball, and the sun was warm."]
+    monkeypatch.setattr("unlearn_audit.probes.engine.score_chunk_rows", lambda vocab: 16)
+    engine = Engine(loaded.model, loaded.tokenizer, batch_size=3)
+    got = engine.token_stats(texts)
+    assert engine.describe()["scoring"] == "chunked"
+    for text, stats in zip(texts, got):
+        picked, mu, sigma = _full_logit_stats(loaded.model, loaded.tokenizer, text)
+        np.testing.assert_allclose(stats.logprobs, picked, atol=2e-5)
+        np.testing.assert_allclose(stats.mu, mu, atol=2e-5)
+        np.testing.assert_allclose(stats.sigma, sigma, atol=2e-4)
+
+
+def test_a_head_the_engine_cannot_reproduce_falls_back_to_the_models_logits(world, monkeypatch):
+    loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
+    texts = ["Once upon a time there was a little girl named Lily.", "The cat sat."]
+    want = Engine(loaded.model, loaded.tokenizer, batch_size=2).token_stats(texts)
+    engine = Engine(loaded.model, loaded.tokenizer, batch_size=2)
+    engine.scoring.post.append((lambda x, c: x * c, 2.0))  # a post-processing the model does not do
+    got = engine.token_stats(texts)
+    assert engine.describe()["scoring"] == "full logits"
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_batches_fill_up_to_the_token_budget():
+    budget = TokenBudget(items=4, tokens=100)
+    lengths = [10, 50, 20, 20, 30, 5, 5, 5, 5, 5]
+    batches = budget.split(lengths)
+    assert batches[0] == [1, 4]  # 50 and 30: a third would make 3 × 50 > 100
+    for batch in batches:
+        assert len(batch) <= 4 and (len(batch) == 1 or len(batch) * lengths[batch[0]] <= 100)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert TokenBudget(items=4, tokens=10).split([50, 40]) == [[0], [1]]  # longer than the budget: alone
+    assert budget.split([10, 10, 10], extra=30) == [[0, 1], [2]]  # generation: 40 tokens per sequence
+    budget.halve(failed=2, longest=50)
+    assert (budget.items, budget.tokens) == (1, 50)
+
+
+def test_automatic_budget_reads_free_memory(world, monkeypatch):
+    loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
+    per_token = per_token_bytes(loaded.model.config, 4)
+    monkeypatch.setattr("unlearn_audit.memory.available_cpu_bytes", lambda: 1000 * per_token)
+    budget = TokenBudget.automatic(loaded.model)
+    assert budget.items == 16 and budget.tokens == 600  # 60% of free memory
+
+
+_MEASURE = r"""
+import json, resource, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from unlearn_audit.memory import peak_bytes
+from unlearn_audit.probes.engine import Engine
+
+class Tok:
+    pad_token_id = eos_token_id = 0
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [[1 + (7 * i + j) % 31000 for j in range(int(t))] for i, t in enumerate(texts)]}
+
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+model = LlamaForCausalLM(config).eval()
+engine = Engine(model, Tok(), batch_size=8)
+if sys.argv[1] == "unchunked":
+    engine.scoring = None
+engine.token_stats(["8"])  # warm up (allocator, kernels)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+engine.token_stats(["512"] * 8)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+n = sum(p.numel() for p in model.parameters())
+print(json.dumps({"grew": peak - before, "weights": n * 4, "formula": peak_bytes(n, config, 4, 8 * 512)}))
+"""
+
+
+def _measure(mode: str) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, mode], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_readme_peak_memory_formula_holds_when_measured():
+    """8 texts of 512 tokens, vocabulary 32k: the scorer's growth stays within the formula's non-weight
+    terms (+30%), where scoring from the model's full [8, 512, 32000] logits (the fallback; the old scorer
+    kept five float32 copies of them) exceeds it at least twice."""
+    chunked = _measure("chunked")
+    bound = 1.3 * (chunked["formula"] - chunked["weights"])
+    assert chunked["grew"] <= bound, chunked
+    assert chunked["grew"] >= 0.3 * (chunked["formula"] - chunked["weights"]), chunked  # the chunk is really used
+    unchunked = _measure("unchunked")
+    assert unchunked["grew"] > 2 * bound, unchunked
+    assert score_chunk_rows(32000) == 524
