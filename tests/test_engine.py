@@ -174,3 +174,17 @@ def test_a_large_model_on_cpu_is_warned_about(world, tmp_path, monkeypatch):
     record = json.loads((tmp_path / "report.json").read_text())
     assert any("7.0B parameters" in note for note in record["notes"])
     assert record["execution"]["device"] == "cpu"
+
+
+def test_offloaded_weights_are_neither_quantized_nor_restored_in_place(world):
+    """--device-map auto can leave weights on ``meta`` (accelerate streams them from CPU or disk): writing a
+    restored checkpoint into them would be lost, so the model is not restorable and RTN says why."""
+    import torch
+
+    from unlearn_audit.models import offloaded, restorable
+
+    loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
+    assert not offloaded(loaded.model) and restorable(loaded.model, loaded.repo.path)
+    layer = loaded.model.model.layers[0].mlp.down_proj
+    layer.weight = torch.nn.Parameter(torch.empty(layer.weight.shape, device="meta"))
+    assert offloaded(loaded.model) and not restorable(loaded.model, loaded.repo.path)

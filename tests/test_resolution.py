@@ -100,3 +100,35 @@ def test_preset_with_another_original_is_said_in_the_record(world, tmp_path, mon
     the_plan = plan(config, SilentReporter())
     assert any("not the MUSE-News preset's muse-bench/MUSE-News_target" in n for n in the_plan.notes)
     assert the_plan.reference.source == "published" and "bfloat16" in the_plan.reference.description
+
+
+def test_a_stale_consolidated_file_beside_shards_is_not_audited(world, tmp_path):
+    """A repo re-uploaded sharded keeps its old model.safetensors: transformers would load that file first.
+    The audit reads the index's shards (the fragile model's weights), not the stale file (the original's)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from unlearn_audit.hub import resolve
+    from unlearn_audit.models import load_model
+
+    fragile = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
+    original = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
+    folder = tmp_path / "sharded"
+    load_model(fragile).model.save_pretrained(folder, max_shard_size="2MB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "unlearn_audit.yaml"):
+        if (fragile.path / name).exists():
+            shutil.copy(fragile.path / name, folder / name)
+    assert len(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]) > 0
+    shutil.copy(original.path / "model.safetensors", folder / "model.safetensors")  # the stale file
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["check", str(folder), "--original", "miniature/original", "--forget",
+                                 "miniature/news", "--quant", "rtn:8", "--max-items", "2", "--min-items", "1",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(out), "--format", "json"])
+    assert result.exit_code in (0, 1, 4), result.output
+    record = json.loads((out / "report.json").read_text())
+    assert any("model.safetensors beside a sharded index" in n for n in record["notes"]), record["notes"]
+    moved = record["weight_diff"]["overall"]["rtn:8:g128"]["moved"]
+    assert moved > 0.5, moved  # the shards differ from the original; the stale copy is the original itself
+    assert set(load_file(str(folder / "model.safetensors"))) == set(load_file(str(original.path / "model.safetensors")))

@@ -154,6 +154,43 @@ def weight_patterns(folder: Path, allow_pickle: bool) -> list[str]:
     return WEIGHT_FILES + (PICKLE_FILES if allow_pickle else [])
 
 
+def indexed_shards(folder: Path) -> list[str] | None:
+    """The shard files ``model.safetensors.index.json`` names, or None without an index."""
+    index = folder / "model.safetensors.index.json"
+    return weight_patterns(folder, allow_pickle=False) if index.is_file() else None
+
+
+def stale_weight_files(folder: Path) -> list[str]:
+    """Top-level safetensors files beside a sharded index that the index does not name (a consolidated
+    ``model.safetensors`` left from an earlier upload): transformers would load them instead of the shards."""
+    shards = indexed_shards(folder)
+    if shards is None:
+        return []
+    return sorted(p.name for p in folder.glob("*.safetensors") if p.name not in shards)
+
+
+def without_stale_weights(repo: ResolvedRepo, views: Path) -> ResolvedRepo:
+    """``repo`` as a folder of links to everything but its stale weight files (see
+    :func:`stale_weight_files`), so every reader — transformers, GPT-QModel, the diagnostic — sees the
+    index's shards only. Unchanged when there are none."""
+    import hashlib
+    from dataclasses import replace
+
+    stale = stale_weight_files(repo.path)
+    if not stale:
+        return repo
+    view = views / hashlib.sha256(str(repo.path.resolve()).encode()).hexdigest()[:16]
+    if view.exists():
+        import shutil
+
+        shutil.rmtree(view)
+    view.mkdir(parents=True)
+    for entry in repo.path.iterdir():
+        if entry.name not in stale:
+            (view / entry.name).symlink_to(entry.resolve())
+    return replace(repo, path=view)
+
+
 def fetch_weights(repo: ResolvedRepo, *, cache_dir: Path | None, offline: bool | None,
                   allow_pickle: bool) -> ResolvedRepo:
     """Fetch a phase-one model's weights into the same snapshot (no-op for a local folder)."""

@@ -56,11 +56,19 @@ def restorable(model: Any, folder: Path) -> bool:
     without a second copy of the model)."""
     from .weights import tensor_index
 
+    if offloaded(model):
+        return False
     try:
         index = tensor_index(folder)
     except InputError:
         return False
     return _stored_names(model, index) is not None
+
+
+def offloaded(model: Any) -> bool:
+    """Whether ``--device-map auto`` left some weights off every device (on ``meta``, kept on CPU or disk by
+    accelerate and loaded layer by layer): they cannot be quantized or restored in place."""
+    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def restore_weights(model: Any, folder: Path) -> None:

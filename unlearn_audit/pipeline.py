@@ -27,11 +27,12 @@ from .analysis import FULL, Outputs, Reference, analyse
 from .config import AuditConfig, resolve_device
 from .data import ForgetData, cut_like_verbmem, dataset_patterns, load_forget_data
 from .errors import InputError, RuntimeFailure, UsageError
-from .hub import METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve
+from .hub import (METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve, stale_weight_files,
+                  without_stale_weights)
 from .adapters import MergedAdapter, adapter_base, check_adapter_files, is_adapter, merge_adapter
 from .cache import CachedRun, ResultCache, default_dir, fingerprint_folder, home, texts_digest
-from .models import (LoadedModel, check_files, check_same_tokenizer, describe_tokenizer, load_model, restorable,
-                     restore_weights)
+from .models import (LoadedModel, check_files, check_same_tokenizer, describe_tokenizer, load_model, offloaded,
+                     restorable, restore_weights)
 from .tokenization import TokenizerChoice, choose_tokenizers
 from .probes import muse
 from .probes.base import ProbeOutput
@@ -159,6 +160,11 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
                                                        scratch, role, quantizer.label))
             elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
                 model = loaded.model
+            elif offloaded(loaded.model):
+                raise RuntimeFailure(f"{quantizer.label} quantizes weights in memory, but --device-map auto offloaded "
+                                     f"some of {repo.reference}'s weights to CPU or disk",
+                                     "test bnb:nf4/bnb:int8 (quantized while loading) on this model, or use devices "
+                                     "that hold it whole")
             else:
                 model = copy.deepcopy(loaded.model)
             if quantizer.stage != "calibrate":
@@ -379,6 +385,11 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
         if repo.source == "hub":
             reporter.note(f"fetching the weights of {repo.reference}")
         plan.repos[role] = fetch_weights(repo, **weights)
+        stale = stale_weight_files(plan.repos[role].path)
+        if stale:
+            plan.repos[role] = without_stale_weights(plan.repos[role], home() / "views")
+            plan.notes.append(f"{repo.reference} has {', '.join(stale)} beside a sharded index that does not name "
+                              "it: the index's shards were audited (transformers alone would load the other file).")
         if role == "unlearned" and plan.adapter_base is not None:
             check_adapter_files(plan.repos[role].path, allow_pickle=config.allow_pickle, label=repo.reference)
             continue

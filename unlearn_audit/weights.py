@@ -58,9 +58,16 @@ def tensor_index(folder: Path) -> dict[str, Path]:
     """tensor name -> safetensors file, from the files' headers only."""
     from safetensors import safe_open
 
-    files = sorted(folder.glob("*.safetensors"))
+    from .hub import indexed_shards
+
+    shards = indexed_shards(folder)  # a sharded checkpoint: the index's files, not a stale file beside them
+    files = sorted(folder.glob("*.safetensors")) if shards is None else [folder / name for name in shards]
     if not files:
         raise InputError(f"{folder} has no safetensors weights", "the diagnostic reads safetensors only")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"{folder}'s safetensors index names missing shards ({', '.join(missing[:3])})",
+                         "download the whole checkpoint again (or fix model.safetensors.index.json)")
     index = {}
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
