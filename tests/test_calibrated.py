@@ -104,8 +104,10 @@ def test_calibration_text_changes_the_quantized_weights(world, tmp_path):
 def test_audit_with_gptq_and_awq_through_the_cli(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4,gptq:4,awq:4", "--max-items", "6",
-                                      "--min-items", "1", "--no-cache",
+                                      "--min-items", "1", "--no-cache", "--scratch", str(scratch),
                                       "--cache-dir", str(world.hub_cache), "--out", str(out)])
     assert result.exit_code in (0, 1, 4), result.output
     record = json.loads((out / "report.json").read_text())
@@ -123,10 +125,14 @@ def test_audit_with_gptq_and_awq_through_the_cli(world, tmp_path, monkeypatch):
         assert 0.0 <= overall["same_code_of_moved"] <= 1.0 and overall["moved"] > 0.5
         assert overall["reading"] in ("predicts recovery", "predicts the update survives", "cannot tell")
         assert overall["same_code_common"] is None  # no common grid for calibrated methods
-    assert not list((Path(os.environ["UNLEARN_AUDIT_HOME"])).glob("scratch-*"))  # scratch removed
+    assert list(scratch.iterdir()) == []  # the audit's scratch (checkpoints, GPT-QModel's offload) removed
+    assert not list((Path(os.environ["UNLEARN_AUDIT_HOME"])).rglob("scratch-*"))  # and nothing written elsewhere
+    # the shipped calibration is far below GPT-QModel's 256 samples of 256 tokens: said on the terminal and in the record
+    assert "fewer than the 256 samples" in result.output
+    assert any("fewer than the 256 samples" in note for note in record["notes"])
     assert "4-bit GPTQ (gptq:4:g128)" in (out / "report.md").read_text()
     assert "GPT-QModel" not in result.stdout and "INFO" not in result.stdout  # the library's chatter stays out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and its log files out of the working directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scratch"]  # its log files out of the working directory
 
 
 def test_scratch_of_a_killed_audit_is_removed_by_the_next(tmp_path):
@@ -143,3 +149,61 @@ def test_scratch_of_a_killed_audit_is_removed_by_the_next(tmp_path):
     live.mkdir()
     fresh = make_scratch(tmp_path)
     assert not stale.exists() and live.exists() and fresh.is_dir() and fresh.name.startswith(f"scratch-{os.getpid()}-")
+
+
+def test_too_little_scratch_space_is_refused_before_quantizing(world, tmp_path, monkeypatch):
+    import collections
+
+    from unlearn_audit import pipeline
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    calls = []
+    monkeypatch.setattr(pipeline, "run_all", lambda *a, **k: calls.append(a))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "gptq:4", "--max-items", "2",
+                                      "--min-items", "1", "--no-cache", "--scratch", str(tmp_path / "s"),
+                                      "--cache-dir", str(world.hub_cache), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "of scratch space in" in result.output and "--scratch DIR" in result.output
+    assert calls == [] and not (out / "report.json").exists()
+    # the estimate: a 4-bit checkpoint per model kept (bits/8 + 10%, plus 15% of 16-bit tensors) + one 16-bit offload
+    assert pipeline.scratch_bytes(10**9, [parse_variant("gptq:4")], 2) == int(2 * 10**9 * (0.55 + 0.3) + 2 * 10**9)
+
+
+def _calibration_dataset(cache: Path) -> str:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unlearn_audit.miniature.hub_cache import write_cached_repo
+
+    buffer = io.BytesIO()
+    rows = ["", "First paragraph of a wiki article.", "  ", "Second paragraph, about rivers."] + \
+        [f"Line {i} of filler text." for i in range(300)]
+    pq.write_table(pa.table({"text": rows, "id": list(range(len(rows)))}), buffer)
+    return write_cached_repo(cache, "calib/wiki", {"README.md": b"# wiki\n",
+                                                   "raw-v1/train-00000-of-00001.parquet": buffer.getvalue(),
+                                                   "raw-v1/test-00000-of-00001.parquet": buffer.getvalue()},
+                             repo_type="dataset")
+
+
+def test_calibration_from_a_hub_dataset(tmp_path):
+    """org/name:config:split:column resolved through huggingface_hub (offline cache here), only the split's
+    files, its first 256 non-empty texts, the commit recorded; bad parts are one line each."""
+    import functools
+
+    commit = _calibration_dataset(tmp_path)
+    resolver = functools.partial(resolve, cache_dir=tmp_path, offline=True)
+    chosen = calibration_set("calib/wiki:raw-v1:train:text", resolve_dataset=resolver)
+    assert chosen.texts[:2] == ("First paragraph of a wiki article.", "Second paragraph, about rivers.")
+    assert len(chosen.texts) == 256
+    assert chosen.describe()["dataset"] == {"repo_id": "calib/wiki", "config": "raw-v1", "split": "train",
+                                            "column": "text", "commit": commit, "rows": 256}
+    with pytest.raises(InputError, match="has no column 'body'"):
+        calibration_set("calib/wiki:raw-v1:train:body", resolve_dataset=resolver)
+    with pytest.raises(InputError, match="no config 'raw-v1' split 'validation'"):
+        calibration_set("calib/wiki:raw-v1:validation", resolve_dataset=resolver)
+    with pytest.raises(UsageError, match="not org/name"):
+        calibration_set("calib/wiki:a:b:c:d", resolve_dataset=resolver)

@@ -157,6 +157,8 @@ class AuditConfig:
     calibration: str = "generic"
     """Calibration text for GPTQ/AWQ: ``generic`` (shipped corpus), ``forget`` (only when asked), or a file."""
     calibration_tokens: int = 512
+    scratch_dir: Path | None = None
+    """Where GPTQ/AWQ write their checkpoints and offload (default: the results folder); checked for space."""
     cache_dir: Path | None = None
     """Hugging Face Hub cache to resolve from (default: the usual HF_HUB_CACHE / HF_HOME)."""
     offline: bool | None = None
@@ -191,7 +193,7 @@ class AuditConfig:
     def to_record(self) -> dict[str, Any]:
         """JSON-ready view for the report (paths as strings)."""
         data = asdict(self)
-        for key in ("spec_path", "out_dir", "cache_dir", "results_dir"):
+        for key in ("spec_path", "out_dir", "cache_dir", "results_dir", "scratch_dir"):
             if data[key] is not None:
                 data[key] = str(data[key])
         data["quant"] = list(self.quant)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import gc
 import os
 import platform
@@ -37,7 +38,7 @@ from .tokenization import TokenizerChoice, choose_tokenizers
 from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import ENGINES
-from .calibration import FORGET, CalibrationSet, calibration_set
+from .calibration import FORGET, CalibrationSet, calibration_set, shortfall
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.base import library_failures
 from .quantize.bnb import quiet_bnb_warnings
@@ -155,7 +156,8 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
             elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
                 reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
                 model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
-                                                   trust_remote_code=config.trust_remote_code,
+                                                   trust_remote_code=config.trust_remote_code, run_dtype=loaded.dtype,
+                                                   workdir=scratch,
                                                    save_to=None if scratch is None else saved_checkpoint(
                                                        scratch, role, quantizer.label))
             elif restorable(loaded.model, repo.path):  # in place on the loaded copy, restored from disk afterwards
@@ -217,6 +219,8 @@ class Plan:
     scratch: Path | None = None
     """Working folder of this audit (calibrated checkpoints kept for the diagnostic), removed at the end."""
     timings: dict[str, float] = field(default_factory=dict)
+    n_parameters: int = 0
+    """The unlearned model's parameter count, from its safetensors headers (phase two)."""
     """Seconds per phase (resolve, fetch, weight_diagnostic), for the record's execution block."""
 
 
@@ -365,7 +369,13 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                                  "or pass --tokenizer with the instruct model's tokenizer")
     calibration = None
     if any(q.stage == "calibrate" for q in quantizers):
-        calibration = calibration_set(config.calibration, data.privleak_forget, config.calibration_tokens)
+        calibration = calibration_set(config.calibration, data.privleak_forget, config.calibration_tokens,
+                                      resolve_dataset=functools.partial(resolve, cache_dir=config.cache_dir,
+                                                                        offline=config.offline))
+        small = shortfall(calibration, tokenizers["unlearned"].tokenizer)
+        if small is not None:
+            reporter.note(f"warning: {small}")
+            notes.append(small[0].upper() + small[1:] + ".")
         if calibration.source == FORGET:
             notes.append("GPTQ/AWQ were calibrated on the forget set itself (--calibration forget), "
                          "a stronger attack than a user's generic calibration.")
@@ -401,7 +411,8 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
         shapes = tensor_shapes(plan.repos["unlearned"].path)
     except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
         shapes = {}
-    billions = parameter_count(shapes) / 1e9
+    plan.n_parameters = parameter_count(shapes)
+    billions = plan.n_parameters / 1e9
     if config.device.startswith("cpu") and billions > 1:
         width = {"float32": 4, "bfloat16": 2, "float16": 2}[config.resolved_dtype]
         warning = (f"{plan.repos['unlearned'].reference} has {billions:.1f}B parameters and runs on the CPU in "
@@ -518,6 +529,24 @@ def reproducibility_key(config: AuditConfig, dtype: str) -> dict[str, Any]:
     if dtype != "float32":
         key["batching"] = {"batch_size": config.probes.batch_size, "device_map": config.device_map}
     return key
+
+
+def scratch_bytes(n_parameters: int, calibrated: list[Quantizer], models: int) -> int:
+    """Disk a GPTQ/AWQ audit writes: each calibrated variant's checkpoint of every model, kept until the end
+    for the diagnostic (the packed codes, a 16-bit lm_head and embeddings: about bits/8 + 10% per parameter
+    plus two bytes per parameter for the unquantized tensors, taken as 15%), and one GPT-QModel offload of the
+    model being quantized (16-bit, two bytes per parameter)."""
+    kept = sum(n_parameters * (getattr(q, "bits", 16) / 8 * 1.1 + 0.15 * 2) for q in calibrated) * models
+    return int(kept + 2 * n_parameters)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse before quantizing when ``folder``'s disk has less free space than ``needed`` bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise RuntimeFailure(f"GPTQ/AWQ need about {needed / 1e9:.1f} GB of scratch space in {folder.parent}, which "
+                             f"has {free / 1e9:.1f} GB free", "pass --scratch DIR on a larger disk, or test fewer "
+                             "gptq/awq variants")
 
 
 def make_scratch(root: Path) -> Path:
@@ -643,8 +672,10 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     fetch(the_plan, config, reporter)
     the_plan.timings["fetch"] = round(time.time() - t, 2)
     diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
-    if any(q.stage == "calibrate" for q in the_plan.quantizers):  # GPTQ/AWQ checkpoints, kept to compare
-        the_plan.scratch = make_scratch(home())
+    calibrated = [q for q in the_plan.quantizers if q.stage == "calibrate"]
+    if calibrated:  # GPTQ/AWQ checkpoints, kept to compare, and GPT-QModel's offload
+        the_plan.scratch = make_scratch(config.scratch_dir or config.results_dir or default_dir())
+        check_free_space(the_plan.scratch, scratch_bytes(the_plan.n_parameters, calibrated, len(the_plan.repos)))
     try:
         runs = run_all(the_plan, config, reporter)
         diagnose_calibrated(the_plan, diagnostic)

@@ -63,7 +63,11 @@ def check(
                               "~/.cache/unlearn_audit/results).")] = None,
     calibration: Annotated[str, typer.Option(
         help="Calibration text for gptq/awq: generic (shipped corpus), forget (the forget set: a stronger "
-             "attack, only when asked) or a text file (paragraphs separated by blank lines).")] = "generic",
+             "attack, only when asked), a text file (paragraphs separated by blank lines) or a Hub dataset "
+             "org/name[:config[:split[:column]]] (its first 256 texts).")] = "generic",
+    scratch: Annotated[Optional[Path], typer.Option(
+        "--scratch", help="Folder for GPTQ/AWQ checkpoints and GPT-QModel's offload (default: the results "
+                          "folder); its free space is checked before quantizing.")] = None,
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run model code from the repo (review it first).")] = False,
@@ -87,7 +91,7 @@ def check(
                                  flavour=flavour, chat_template=chat_template,
                                  sample_temperature=sample_temperature), device=device,
             dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
-            calibration=calibration, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
+            calibration=calibration, scratch_dir=scratch, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)
         with reporter() as progress:

@@ -219,17 +219,23 @@ class CalibratedQuantizer:
             return BACKEND.AUTO
         return BACKEND.GPTQ_TORCH if self.method == "gptq" else BACKEND.AWQ_TORCH
 
-    def compute_dtype(self, device: str) -> torch.dtype:
+    def compute_dtype(self, device: str, run_dtype: str | None = None) -> torch.dtype:
         """The quantized kernels take 16-bit activations (GPT-QModel's torch kernels refuse float32):
-        bfloat16 on CPU as GPT-QModel picks there, float16 on accelerators."""
-        return torch.bfloat16 if device.startswith("cpu") else torch.float16
+        bfloat16 on CPU as GPT-QModel picks there; on an accelerator the audit's run dtype when it is 16-bit
+        (bfloat16 by default, so the variant differs from the full-precision baseline only by quantization;
+        GPT-QModel's AUTO backend picks a kernel that takes it), else float16. Recorded as activation_dtype."""
+        if device.startswith("cpu"):
+            return torch.bfloat16
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(run_dtype or "", torch.float16)
 
     def quantize(self, folder: Path, tokenizer: Any, calibration: CalibrationSet, device: str = "cpu",
-                 trust_remote_code: bool = False, save_to: Path | None = None) -> tuple[nn.Module, QuantResult]:
+                 trust_remote_code: bool = False, save_to: Path | None = None, run_dtype: str | None = None,
+                 workdir: Path | None = None) -> tuple[nn.Module, QuantResult]:
         """Quantize the model in ``folder`` with GPT-QModel, calibrating on ``calibration``, save the
         checkpoint and load it back with transformers, exactly as a user runs a GPTQ/AWQ checkpoint.
         Returns the model and the proof (codes counted in the saved checkpoint, layers in the model).
-        The checkpoint goes to a scratch folder, removed afterwards, unless ``save_to`` names a folder to keep it.
+        The checkpoint goes to a scratch folder (in ``workdir``, default the system's temporary folder; GPT-QModel
+        offloads the model being quantized there too), removed afterwards, unless ``save_to`` names a folder to keep it.
 
         The reload is not a formality: in GPT-QModel 7.6 the model object left in memory by
         ``quantize()`` dequantizes GPTQ weights one step off the grid it computed (measured on the
@@ -246,8 +252,8 @@ class CalibratedQuantizer:
                              "use longer calibration text")
         from transformers import AutoModelForCausalLM
 
-        dtype = self.compute_dtype(device)
-        with tempfile.TemporaryDirectory(prefix="unlearn-audit-gptq-") as scratch, _quiet():
+        dtype = self.compute_dtype(device, run_dtype)
+        with tempfile.TemporaryDirectory(prefix="unlearn-audit-gptq-", dir=workdir) as scratch, _quiet():
             _log_dir(Path(scratch) / "logs")
             config = self.load_config()
             config.offload_to_disk_path = str(Path(scratch) / "offload")  # removed with the scratch folder
