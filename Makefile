@@ -2,10 +2,17 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install test test-all demo browser
+.PHONY: install gguf test test-all demo browser
+
+# llama.cpp (for gguf variants) is built from llama-cpp-python's sdist: only the library, not its tools (~3 min on 2 cores).
+LLAMA_CMAKE := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+	-DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_MTMD=OFF
 
 install:
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -c constraints.txt -e '.[test]'
+
+gguf:
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -c constraints.txt -e '.[gguf]'
 
 test: install browser
 	$(PYTHON) -m pytest -m "not slow"

@@ -32,20 +32,24 @@ def linear_weight_names(model: Any) -> list[str]:
 
 
 def _stored_names(model: Any, index: dict[str, Path]) -> dict[str, str] | None:
-    """Each linear weight's name in the checkpoint: its own, or, for a tied weight (``lm_head`` sharing the
+    """Each parameter's name in the checkpoint: its own, or, for a tied weight (``lm_head`` sharing the
     embedding matrix, as Llama-3.2-1B, Gemma, SmolLM2 and small Qwen2.5 do), the name of the parameter it
-    shares storage with. None when some linear weight is stored under no name."""
+    shares storage with. Every parameter found is listed (a GGUF variant quantizes embeddings too); None
+    when some linear weight is stored under no name."""
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
+    linear = set(linear_weight_names(model))
     stored = {}
-    for name in linear_weight_names(model):
+    for name, param in model.named_parameters(remove_duplicate=False):
         if name in index:
             stored[name] = name
             continue
-        twin = next((n for n in aliases.get(id(model.get_parameter(name)), []) if n in index), None)
+        twin = next((n for n in aliases.get(id(param), []) if n in index), None)
         if twin is None:
-            return None
+            if name in linear:
+                return None
+            continue
         stored[name] = twin
     return stored
 
@@ -72,7 +76,7 @@ def offloaded(model: Any) -> bool:
 
 
 def restore_weights(model: Any, folder: Path) -> None:
-    """Put the checkpoint's values back into ``model``'s linear weights (after an in-place quantization),
+    """Put the checkpoint's values back into ``model``'s parameters (after an in-place quantization),
     streaming one tensor at a time from safetensors, so a variant needs no second copy of the model.
     Call only where :func:`restorable` holds."""
     import torch

@@ -267,6 +267,10 @@ def comparable_layers(unlearned: Path, original: Path) -> tuple[dict[str, Path],
     return u_index, o_index, names
 
 
+CALIBRATED_REASON = ("its grid is fitted to calibration data, so it can only be compared from the two checkpoints "
+                     "the audit quantizes (an audit does that after its probes; `diff` alone cannot)")
+
+
 def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *, labels: tuple[str, str] = ("", ""),
                 run_dtype: str = "float32", device: str = "cpu",
                 progress: Callable[[int], Callable[[int], None]] | None = None) -> WeightDiff:
@@ -281,9 +285,8 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
     usable = [q for q in quantizers if q.fixed_grid]
     u_index, o_index, names = comparable_layers(unlearned, original)
     result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable],
-                        not_compared={q.label: "its grid is fitted to calibration data, so it can only be compared "
-                                      "from the two checkpoints the audit quantizes (an audit does that after its "
-                                      "probes; `diff` alone cannot)" for q in quantizers if not q.fixed_grid})
+                        not_compared={q.label: getattr(q, "not_compared_reason", CALIBRATED_REASON)
+                                      for q in quantizers if not q.fixed_grid})
     totals = {q.label: _Totals() for q in usable}
     advance = progress(len(names)) if progress is not None and usable else None
     target = getattr(torch, run_dtype)

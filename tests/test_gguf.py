@@ -1,0 +1,141 @@
+"""GGUF variants: the conversion checked against transformers' own GGUF loader, llama.cpp's quantization
+checked against the gguf package's reference code, the proof read from the file, and audits through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unlearn_audit.cli import app
+from unlearn_audit.hub import resolve
+from unlearn_audit.models import load_model
+from unlearn_audit.quantize import parse_variant
+from unlearn_audit.quantize.gguf import _permute, _unpermute, quantize_file, write_gguf
+
+STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
+
+
+@pytest.fixture(scope="module")
+def original(world):
+    return load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
+
+
+def test_permutation_round_trips():
+    w = np.arange(8 * 3 * 2, dtype=np.float32).reshape(16, 3)
+    assert not np.array_equal(_permute(w, 2), w)
+    np.testing.assert_array_equal(_unpermute(_permute(w, 2), 2), w)
+
+
+@pytest.mark.parametrize("which", ["miniature", "stories260K"])
+def test_the_converted_file_loads_in_transformers_with_the_same_logits(original, which, tmp_path):
+    """transformers' GGUF loader (an independent reader: it undoes llama.cpp's q/k permutation itself) gives
+    the model's own logits from the F32 file: names, permutation and metadata are right. stories260K ties its
+    embeddings and has 8 query / 4 key-value heads."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = original if which == "miniature" else load_model(resolve(str(STORIES)))
+    write_gguf(loaded.model, tmp_path / "model.gguf")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="model.gguf", dtype=torch.float32)
+    ids = loaded.tokenizer(["Once upon a time the mayor said"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**ids).logits, loaded.model(**ids).logits, rtol=0, atol=1e-4)
+
+
+def test_llama_cpp_q8_0_and_q4_0_equal_the_reference_quantization(original, tmp_path):
+    """Every Q8_0 / Q4_0 tensor llama.cpp wrote equals, bit for bit, the gguf package's port of ggml's
+    reference quantizer applied to the same (permuted) weights."""
+    import gguf
+    from gguf.quants import quantize
+
+    mapping = write_gguf(original.model, tmp_path / "f32.gguf")
+    reference = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(tmp_path / "f32.gguf")).tensors}
+    checked = 0
+    for kind, ftype in (("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0")):
+        quantize_file(tmp_path / "f32.gguf", tmp_path / f"{kind}.gguf", ftype)
+        for tensor in gguf.GGUFReader(str(tmp_path / f"{kind}.gguf")).tensors:
+            if tensor.tensor_type.name != kind:
+                continue
+            mine = quantize(reference[tensor.name].astype(np.float32), gguf.GGMLQuantizationType[kind])
+            np.testing.assert_array_equal(np.asarray(tensor.data).reshape(-1), mine.reshape(-1), err_msg=tensor.name)
+            checked += 1
+    assert checked >= 28 and len(mapping) > 28
+
+
+def test_q4_k_m_proof_reads_the_files_own_types(original):
+    import copy
+
+    model = copy.deepcopy(original.model)
+    result = parse_variant("gguf:q4_k_m").apply(model)
+    types = result.settings["types_by_tensor"]
+    # llama.cpp's own choices: k-quants need rows of 256 (down_proj, 512 inputs); the 128-wide rows fall back
+    assert types["model.layers.0.mlp.down_proj.weight"] in ("Q4_K", "Q6_K")
+    assert types["model.layers.0.self_attn.q_proj.weight"] not in ("Q4_K", "F32")
+    assert result.settings["tensor_types"]["F32"] == 9  # the norms stay float32
+    assert result.proof.max_levels <= result.proof.allowed_levels
+    assert result.settings["max_levels_per_type"]
+
+
+def test_audits_with_gguf_variants_run_prove_and_stay_quiet(world, tmp_path):
+    """The fragile and robust miniature audits with GGUF variants beside RTN-4 and bnb FP4. The fragile model
+    was built so that its update stays on RTN-4's (g128) and FP4's grids (blocks of 64): those bring it back.
+    GGUF's grids are other grids (Q4_0: symmetric scale per block of 32; Q8_0: 8 bits), so they bring back
+    far less; the robust model holds under all of them. llama.cpp's log stays off the terminal."""
+    records = {}
+    for name in ("fragile", "robust"):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["check", f"miniature/{name}", "--quant",
+                                          "rtn:4,bnb:fp4,gguf:q8_0,gguf:q4_0,gguf:q4_k_m",
+                                          "--cache-dir", str(world.hub_cache), "--out", str(out), "--no-cache"])
+        assert result.exit_code in (0, 1, 4), result.output
+        assert "llama_model_quantize" not in result.output and "converting to" not in result.output
+        records[name] = json.loads((out / "report.json").read_text())
+    assert records["fragile"]["verdict"]["decision"] == "FAIL"
+    assert records["robust"]["verdict"]["decision"] == "PASS"
+    recovery = {(r["metric"], r["variant"]): r["value"] for r in records["fragile"]["recoveries"]}
+    assert recovery[("verbmem_f", "rtn:4:g128")] > 0.5
+    for label in ("gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m"):
+        assert recovery[("verbmem_f", label)] < recovery[("verbmem_f", "rtn:4:g128")] - 0.3, label
+    for record in records.values():
+        runs = {(r["role"], r["variant"]): r for r in record["runs"]}
+        for label in ("gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m"):
+            assert runs[("unlearned", label)]["proof"]["layers_quantized"] == 29  # 28 linear + output
+            assert runs[("original", label)]["settings"]["tensor_types"]["F32"] == 9
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_the_diagnostics_block_grid_is_ggmls_bit_for_bit(original, kind):
+    """The grid the weight diagnostic fits gives the values the gguf package's port of ggml's reference quantizer
+    gives (which equals llama.cpp's output, above), for every block tensor of the miniature."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    from unlearn_audit.quantize.gguf import block_grid
+
+    qtype = gguf.GGMLQuantizationType[kind]
+    for name, param in original.model.named_parameters():
+        if param.ndim != 2:
+            continue
+        w = param.detach().float()
+        grid = block_grid(w, kind)
+        mine = grid.dequantize(grid.codes(w)).numpy()
+        theirs = dequantize(quantize(w.numpy(), qtype), qtype)
+        np.testing.assert_array_equal(mine, theirs, err_msg=name)
+
+
+def test_weight_diagnostic_compares_legacy_gguf_grids(world):
+    from unlearn_audit.weights import weight_diff
+
+    u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True).path
+    o = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
+    diff = weight_diff(u, o, [parse_variant(v) for v in ("rtn:4", "gguf:q4_0", "gguf:q8_0", "gguf:q4_k_m")]).as_dict()
+    overall = diff["overall"]
+    assert set(overall) == {"rtn:4:g128", "gguf:q4_0", "gguf:q8_0"}
+    assert "k-quants" in diff["not_compared"]["gguf:q4_k_m"]
+    # the fragile model sits on RTN-4's grid; Q4_0's blocks of 32 with a symmetric scale are another grid
+    assert overall["rtn:4:g128"]["same_code_of_moved"] > overall["gguf:q4_0"]["same_code_of_moved"]
+    assert overall["gguf:q8_0"]["same_code_of_moved"] < overall["gguf:q4_0"]["same_code_of_moved"]
