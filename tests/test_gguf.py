@@ -139,3 +139,65 @@ def test_weight_diagnostic_compares_legacy_gguf_grids(world):
     # the fragile model sits on RTN-4's grid; Q4_0's blocks of 32 with a symmetric scale are another grid
     assert overall["rtn:4:g128"]["same_code_of_moved"] > overall["gguf:q4_0"]["same_code_of_moved"]
     assert overall["gguf:q8_0"]["same_code_of_moved"] < overall["gguf:q4_0"]["same_code_of_moved"]
+
+
+def _publish_quants(world, tmp_path) -> None:
+    """A quant repo of the miniature's fragile model as people publish them: GGUF files made by llama.cpp
+    (converted, then quantized), with a card naming the base model, in the offline Hub cache."""
+    from unlearn_audit.miniature.hub_cache import write_cached_repo
+
+    fragile = load_model(resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True))
+    write_gguf(fragile.model, tmp_path / "f32.gguf")
+    files = {"README.md": b"---\nbase_model: miniature/fragile\nbase_model_relation: quantized\n---\n# GGUF\n"}
+    for kind, ftype in (("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0")):
+        quantize_file(tmp_path / "f32.gguf", tmp_path / f"{kind}.gguf", ftype)
+        files[f"fragile-{kind}.gguf"] = (tmp_path / f"{kind}.gguf").read_bytes()
+    write_cached_repo(world.hub_cache, "quantfolk/fragile-GGUF", files)
+
+
+def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
+    """--published: the listing call replaced (the one network call), the quant repo in the offline cache;
+    the Q4_0 file is audited as a variant (its weights are the file's, bit for bit what llama.cpp wrote), the
+    original quantized the same way; the Q8_0 file is left out by the pattern, a GPTQ repo without GGUF is
+    listed as not audited; the report has the table."""
+    _publish_quants(world, tmp_path)
+    monkeypatch.setattr("unlearn_audit.published.list_quantized",
+                        lambda model_id, limit: ["quantfolk/fragile-GGUF", "quantfolk/fragile-GPTQ"])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--published",
+                                      "--published-files", "*Q4_0*", "--max-items", "6", "--min-items", "1", "--no-cache",
+                                      "--cache-dir", str(world.hub_cache), "--out", str(out)])
+    assert result.exit_code in (0, 1, 4), result.output
+    record = json.loads((out / "report.json").read_text())
+    label = "published:quantfolk/fragile-GGUF/fragile-Q4_0.gguf"
+    assert label in record["variants"]
+    runs = {(r["role"], r["variant"]): r for r in record["runs"]}
+    mine, theirs = runs[("unlearned", label)]["settings"], runs[("original", label)]["settings"]
+    assert mine["file_type"] == "q4_0" and mine["commit"] and mine["tensor_types"]["Q4_0"] == 29
+    assert theirs["reproduced"].startswith("llama.cpp file type Q4_0")
+    assert mine["types_by_tensor"] == theirs["types_by_tensor"]  # the same per-tensor choices
+    published = {e["repo"]: e for e in record["published"]}
+    assert published["quantfolk/fragile-GGUF"]["files"] == ["fragile-Q4_0.gguf"]
+    assert "does not match" in published["quantfolk/fragile-GGUF"]["skipped"]["fragile-Q8_0.gguf"]
+    assert "no GGUF file" in published["quantfolk/fragile-GPTQ"]["skipped"]["*"]
+    markdown = (out / "report.md").read_text()
+    assert "## Published quants" in markdown and "fragile-Q4_0.gguf" in markdown and "not audited" in markdown
+    # the same weights as loading the file in transformers (an independent GGUF reader)
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve("quantfolk/fragile-GGUF", cache_dir=world.hub_cache, offline=True).path
+    theirs_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="fragile-Q4_0.gguf", dtype=torch.float32)
+    fragile = load_model(resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)).model
+    from unlearn_audit.published import PublishedGGUF
+
+    variant = PublishedGGUF("quantfolk/fragile-GGUF", "fragile-Q4_0.gguf")
+    variant.fetched(folder / "fragile-Q4_0.gguf", None)
+    variant.apply_role("unlearned", fragile)
+    for name, param in fragile.named_parameters():
+        torch.testing.assert_close(param, theirs_model.get_parameter(name), rtol=0, atol=0, msg=name)
+
+
+def test_published_needs_a_hub_model(tmp_path, world):
+    result = CliRunner().invoke(app, ["check", str(tmp_path), "--published", "--cache-dir", str(world.hub_cache),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2

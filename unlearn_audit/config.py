@@ -157,6 +157,10 @@ class AuditConfig:
     calibration: str = "generic"
     """Calibration text for GPTQ/AWQ: ``generic`` (shipped corpus), ``forget`` (only when asked), or a file."""
     calibration_tokens: int = 512
+    published: bool = False
+    """Also audit the Hub's published quants of the model (see unlearn_audit.published)."""
+    published_max: int = 5
+    published_files: str = "*.gguf"
     scratch_dir: Path | None = None
     """Where GPTQ/AWQ write their checkpoints and offload (default: the results folder); checked for space."""
     cache_dir: Path | None = None

@@ -39,6 +39,7 @@ from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import ENGINES
 from .calibration import FORGET, CalibrationSet, calibration_set, shortfall
+from .published import PublishedEntry, PublishedGGUF, find_published
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.base import library_failures
 from .quantize.bnb import quiet_bnb_warnings
@@ -170,7 +171,8 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
             else:
                 model = copy.deepcopy(loaded.model)
             if quantizer.stage != "calibrate":
-                result = quantizer.apply(model)
+                apply_role = getattr(quantizer, "apply_role", None)  # a published file: the unlearned model's own
+                result = apply_role(role, model) if apply_role is not None else quantizer.apply(model)
             settings, proof = result.settings, result.proof.as_dict()
     label = FULL if quantizer is None else quantizer.label
     truncated = {"generate": 0, "score": 0}
@@ -221,6 +223,8 @@ class Plan:
     timings: dict[str, float] = field(default_factory=dict)
     n_parameters: int = 0
     """The unlearned model's parameter count, from its safetensors headers (phase two)."""
+    published: list[PublishedEntry] = field(default_factory=list)
+    """``--published``: the derivative repos listed and what was done with each."""
     """Seconds per phase (resolve, fetch, weight_diagnostic), for the record's execution block."""
 
 
@@ -302,6 +306,12 @@ def _reference_model(config: AuditConfig, spec: ForgetSpec, original: ResolvedRe
         return None
 
 
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def plan(config: AuditConfig, reporter: Reporter) -> Plan:
     """Phase one: resolve configs, tokenizers, cards, specs and the needed dataset configs only, and check
     everything that can fail without weights (spec, splits, columns, tokenizers, remote code)."""
@@ -313,6 +323,17 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
     notes: list[str] = []
     common = {"cache_dir": config.cache_dir, "offline": config.offline, "patterns": METADATA_FILES}
     unlearned = resolve(config.model, revision=config.revision, **common)
+    published: list[PublishedEntry] = []
+    if config.published:
+        if unlearned.repo_id is None:
+            raise UsageError(f"--published lists a Hub model's derivatives, and {config.model} is a local folder",
+                             "pass the model's Hub id, or drop --published")
+        found, published = find_published(unlearned.repo_id, limit=config.published_max,
+                                          pattern=config.published_files, cache_dir=config.cache_dir,
+                                          offline=bool(config.offline) or _offline())
+        for variant in found:
+            variant.require()
+        quantizers += found
     spec, spec_source = find_spec(config, unlearned, notes)
     base = None
     if is_adapter(unlearned.path):
@@ -384,7 +405,7 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
     return Plan(quantizers=quantizers, spec=spec, spec_source=spec_source, repos=repos, found_by=found_by,
                 dataset=dataset, data=data, tokenizers=tokenizers,
                 reference=_reference(spec, spec_source, repos, found_by), calibration=calibration, notes=notes,
-                adapter_base=base)
+                adapter_base=base, published=published)
 
 
 def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
@@ -407,6 +428,12 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
                     allow_pickle=config.allow_pickle, label=repo.reference)
     if plan.adapter_base is not None:
         _merge(plan, config, reporter, weights)
+    for variant in plan.quantizers:  # --published: only the chosen GGUF files
+        if isinstance(variant, PublishedGGUF):
+            reporter.note(f"fetching {variant.filename} from {variant.repo_id}")
+            repo = resolve(variant.repo_id, cache_dir=config.cache_dir, offline=config.offline,
+                           patterns=[variant.filename])
+            variant.fetched(repo.path / variant.filename, repo.commit)
     try:
         shapes = tensor_shapes(plan.repos["unlearned"].path)
     except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
@@ -655,6 +682,7 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
                    "cache": {"dir": runs.cache_dir, "reused": runs.reused, "computed": runs.computed}},
         notes=plan.notes,
         weight_diff=diagnostic,
+        published=[entry.as_dict() for entry in plan.published] or None,
     )
 
 

@@ -65,6 +65,13 @@ def check(
         help="Calibration text for gptq/awq: generic (shipped corpus), forget (the forget set: a stronger "
              "attack, only when asked), a text file (paragraphs separated by blank lines) or a Hub dataset "
              "org/name[:config[:split[:column]]] (its first 256 texts).")] = "generic",
+    published: Annotated[bool, typer.Option(
+        "--published", help="Also audit the Hub's published quants of MODEL (its model tree, "
+                            "base_model:quantized:MODEL): each GGUF file one variant.")] = False,
+    published_max: Annotated[int, typer.Option(
+        "--published-max", help="Most derivative repos to audit (most downloaded first).")] = 5,
+    published_files: Annotated[str, typer.Option(
+        "--published-files", help="Which GGUF files of each repo (a filename pattern, e.g. '*Q4_K_M*').")] = "*.gguf",
     scratch: Annotated[Optional[Path], typer.Option(
         "--scratch", help="Folder for GPTQ/AWQ checkpoints and GPT-QModel's offload (default: the results "
                           "folder); its free space is checked before quantizing.")] = None,
@@ -91,7 +98,8 @@ def check(
                                  flavour=flavour, chat_template=chat_template,
                                  sample_temperature=sample_temperature), device=device,
             dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
-            calibration=calibration, scratch_dir=scratch, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
+            calibration=calibration, scratch_dir=scratch, published=published,
+            published_max=published_max, published_files=published_files, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
         prepare_out_dir(out_dir)
         with reporter() as progress:

@@ -78,14 +78,30 @@ def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
-    """Write ``model`` (a Llama-family transformers model) as a GGUF file in float32 (float16 for 16-bit
-    models); returns GGUF tensor name -> parameter name."""
+def gguf_names(model: nn.Module) -> dict[str, str]:
+    """GGUF tensor name -> parameter name for a Llama-family model, by llama.cpp's own name map (a tied
+    ``lm_head`` is the embedding: written once, as ``token_embd``)."""
     gguf = _gguf()
     config = model.config
     if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2"):
         raise QuantizationError(f"gguf variants convert Llama-family models only, not '{config.model_type}'",
                                 "leave the gguf variants out for this model")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    mapping: dict[str, str] = {}
+    for name, _ in model.named_parameters():  # shared parameters once, under their first name
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise QuantizationError(f"gguf conversion has no GGUF name for tensor {name}",
+                                    "leave the gguf variants out for this model")
+        mapping[target] = name
+    return mapping
+
+
+def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
+    """Write ``model`` (a Llama-family transformers model) as a GGUF file in float32 (float16 for 16-bit
+    models); returns GGUF tensor name -> parameter name."""
+    gguf = _gguf()
+    config = model.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -104,16 +120,10 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
     writer.add_vocab_size(config.vocab_size)
     half = next(model.parameters()).dtype != torch.float32
     writer.add_file_type(1 if half else 0)  # MOSTLY_F16 / ALL_F32
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
-    mapping: dict[str, str] = {}
-    stored = {id(p): n for n, p in model.named_parameters()}  # a tied lm_head is written once (token_embd)
-    for name, param in model.state_dict(keep_vars=True).items():
-        if stored.get(id(param)) != name:
-            continue
-        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise QuantizationError(f"gguf conversion has no GGUF name for tensor {name}",
-                                    "leave the gguf variants out for this model")
+    mapping = gguf_names(model)
+    params = dict(model.named_parameters())
+    for target, name in mapping.items():
+        param = params[name]
         data = param.detach().float().cpu().numpy()
         if name.endswith("q_proj.weight"):
             data = _permute(data, heads)
@@ -122,7 +132,6 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
         if half and data.ndim == 2:
             data = data.astype(np.float16)
         writer.add_tensor(target, data)
-        mapping[target] = name
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -153,6 +162,10 @@ class GGUFTensors:
     """Per type: the most distinct values found in one scale block."""
 
 
+IGNORED_TENSORS = ("rope_freqs.weight",)
+"""Tensors llama.cpp's converter adds that have no parameter (precomputed RoPE factors)."""
+
+
 def read_quantized(path: Path, model: nn.Module, mapping: dict[str, str]) -> GGUFTensors:
     """Dequantize every tensor of ``path`` into ``model``'s parameters (in place) and count levels."""
     gguf = _gguf()
@@ -168,10 +181,18 @@ def read_quantized(path: Path, model: nn.Module, mapping: dict[str, str]) -> GGU
     params = dict(model.named_parameters())
     with torch.no_grad():
         for tensor in reader.tensors:
+            if tensor.name in IGNORED_TENSORS:
+                continue
             kind = tensor.tensor_type.name
-            types[tensor.name] = kind
-            name = mapping[tensor.name]
+            name = mapping.get(tensor.name)
             shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+            while len(shape) > 1 and shape[0] == 1:
+                shape = shape[1:]
+            if name is None or tuple(params[name].shape) != shape:
+                have = "no such tensor" if name is None else f"shape {tuple(params[name].shape)}"
+                raise QuantizationError(f"{path.name} holds {tensor.name} {shape}, and the model has {have}",
+                                        "the GGUF file is not a quantization of this model: leave it out")
+            types[tensor.name] = kind
             values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
             if kind in SUB_BLOCK:
                 sub = values.reshape(-1, SUB_BLOCK[kind])

@@ -72,6 +72,8 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     weight_diff: dict[str, Any] | None = None
     """The weight-level diagnostic (see unlearn_audit.weights), when both checkpoints are safetensors."""
+    published: list[dict[str, Any]] | None = None
+    """``--published``: each derivative repo listed, the files audited as variants and those skipped, and why."""
     execution: dict[str, Any] | None = None
     """How this audit ran: device, dtype, batch size, peak memory, which runs came from the result cache.
     With ``created_at``, ``duration_seconds`` and each run's ``seconds``, these are the only fields that

@@ -68,6 +68,11 @@ def variant_name(label: str) -> str:
                 "int8": "8-bit LLM.int8"}.get(parts[1], "bitsandbytes") + f" ({label})"
     if parts[0] in ("gptq", "awq") and len(parts) > 1:
         return f"{parts[1]}-bit {parts[0].upper()} ({label})"
+    if parts[0] == "gguf" and len(parts) > 1:
+        return f"GGUF {parts[1].upper()} ({label})"
+    if parts[0] == "published" and len(parts) > 1:
+        repo, _, file = label.removeprefix("published:").rpartition("/")
+        return f"published {file} ({repo})"
     return label
 
 
@@ -280,6 +285,34 @@ def _recovery_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"gross": s, "net": net.get((s["metric"], s["variant"]))} for s in report["recoveries"]]
 
 
+_STATUS_WORDS = {"exceeds": "brings it back", "straddles": "cannot tell", "ok": "holds", "undefined": "undefined",
+                 "not-judged": "not judged", "too-few-items": "too few items", "reported": "reported"}
+_STATUS_ORDER = ("exceeds", "straddles", "too-few-items", "ok", "reported", "not-judged", "undefined")
+
+
+def published_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``--published``: one row per derivative file: its type, the largest judged recovery and the verdict
+    on it (the worst status over the judged metrics), or why it was not audited."""
+    from .record import judged_recoveries
+
+    rows = []
+    shares = judged_recoveries(report)
+    runs = {(r["role"], r["variant"]): r for r in report["runs"]}
+    for entry in report.get("published") or []:
+        for file in entry["files"]:
+            label = f"published:{entry['repo']}/{file}"
+            mine = [x for x in shares if x["variant"] == label]
+            worst = min((x["status"] for x in mine), key=_STATUS_ORDER.index, default="undefined")
+            values = [x["value"] for x in mine if x["value"] is not None]
+            run = runs.get(("unlearned", label)) or {}
+            rows.append({"repo": entry["repo"], "file": file, "type": ((run.get("settings") or {}).get("file_type") or "?"),
+                         "max_recovery": max(values) if values else None, "status": _STATUS_WORDS.get(worst, worst)})
+        for file, why in entry["skipped"].items():
+            rows.append({"repo": entry["repo"], "file": file, "type": None, "max_recovery": None,
+                         "status": f"not audited: {why}"})
+    return rows
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -302,6 +335,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "short_variant": short_variant,
         "diff": report.get("weight_diff"),
         "recovery_rows": _recovery_rows(report),
+        "published_rows": published_rows(report),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
     }
 

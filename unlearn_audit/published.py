@@ -1,0 +1,185 @@
+"""Published quants: the Hub's quantized derivatives of the audited model, each audited as a variant.
+
+``check MODEL --published`` lists MODEL's model tree (``base_model:quantized:MODEL``, the tag the Hub puts on
+repos whose card names MODEL as ``base_model`` with ``base_model_relation: quantized``), takes at most
+``--published-max`` repos (most downloaded first) and, in each, the GGUF files matching
+``--published-files``; each file becomes one variant of the unlearned model: its tensors dequantized into
+the model exactly as they are stored. The original is quantized the same way where that can be reproduced:
+llama.cpp with the file's own file type (``general.file_type``), and the record compares the per-tensor types
+of both files. Repos that hold no GGUF file (GPTQ, AWQ, bitsandbytes checkpoints) are listed in the record as
+not audited, with the reason. Only the chosen files are downloaded, in phase two.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .errors import InputError, QuantizationError, ResolutionError
+from .quantize.base import QuantProof, QuantResult, verify_proof
+
+GGUF_FILE_TYPES = {7: "q8_0", 2: "q4_0", 3: "q4_1", 8: "q5_0", 9: "q5_1", 10: "q2_k", 11: "q3_k_s", 12: "q3_k_m",
+                   13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m", 16: "q5_k_s", 17: "q5_k_m", 18: "q6_k"}
+"""llama.cpp's ``general.file_type`` numbers (``enum llama_ftype``) -> ``gguf:TYPE`` names."""
+
+
+def list_quantized(model_id: str, limit: int) -> list[str]:
+    """The Hub's quantized derivatives of ``model_id``, most downloaded first (the one network listing; the
+    tests replace this function)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return [m.id for m in HfApi().list_models(filter=f"base_model:quantized:{model_id}", sort="downloads",
+                                                  limit=limit)]
+    except Exception as exc:  # noqa: BLE001 - any failure of the listing is one line
+        raise ResolutionError(f"cannot list the quantized derivatives of {model_id}: {str(exc).splitlines()[0]}",
+                              "check the network (the listing needs the Hub), or drop --published") from None
+
+
+def repo_files(repo_id: str, *, cache_dir: Path | None, offline: bool) -> list[str]:
+    """The files of a Hub repo: listed on the Hub, or, offline, those the local cache holds."""
+    if not offline:
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi().list_repo_files(repo_id)
+        except Exception as exc:  # noqa: BLE001
+            raise ResolutionError(f"cannot list the files of {repo_id}: {str(exc).splitlines()[0]}",
+                                  "check the network, or drop --published") from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: nothing to list offline
+        return []
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@dataclass
+class PublishedEntry:
+    """One derivative repo and what the audit did with it."""
+
+    repo_id: str
+    files: list[str] = field(default_factory=list)
+    """The GGUF files audited (each a variant ``published:REPO/FILE``)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """File (or the repo, ``*``) -> why it was not audited."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo_id, "files": list(self.files), "skipped": dict(self.skipped)}
+
+
+def find_published(model_id: str, *, limit: int, pattern: str, cache_dir: Path | None,
+                   offline: bool) -> tuple[list[PublishedGGUF], list[PublishedEntry]]:
+    """Phase one of ``--published``: the derivative repos and the GGUF files chosen in each (no download)."""
+    if limit < 1:
+        raise InputError(f"--published-max {limit} is not positive", "give --published-max 1 or more")
+    variants: list[PublishedGGUF] = []
+    entries = []
+    for repo_id in list_quantized(model_id, limit)[:limit]:
+        entry = PublishedEntry(repo_id)
+        files = repo_files(repo_id, cache_dir=cache_dir, offline=offline)
+        ggufs = [f for f in files if f.endswith(".gguf") and "/" not in f]
+        if not ggufs:
+            entry.skipped["*"] = ("no GGUF file at the top level" + (" in the local cache" if offline else "")
+                                  + " (GPTQ/AWQ/bitsandbytes derivatives are not audited yet)")
+        for name in ggufs:
+            if not fnmatch.fnmatch(name, pattern):
+                entry.skipped[name] = f"does not match --published-files {pattern}"
+            elif "mmproj" in name.lower() or "imatrix" in name.lower():
+                entry.skipped[name] = "not a model file (projector or importance matrix)"
+            else:
+                entry.files.append(name)
+                variants.append(PublishedGGUF(repo_id=repo_id, filename=name))
+        entries.append(entry)
+    if not entries:
+        raise InputError(f"the Hub lists no quantized derivative of {model_id}",
+                         "drop --published (or check the model id: derivatives name it as base_model)")
+    return variants, entries
+
+
+def _file_type(path: Path) -> str | None:
+    import gguf
+
+    field_ = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+    if field_ is None:
+        return None
+    return GGUF_FILE_TYPES.get(int(field_.parts[-1][0]))
+
+
+@dataclass
+class PublishedGGUF:
+    """One published GGUF file as a variant: the unlearned model runs the file's own weights; the original
+    (and the reference model) run llama.cpp's quantization with the file's file type."""
+
+    repo_id: str
+    filename: str
+    path: Path | None = None
+    commit: str | None = None
+    kind: str | None = None
+    stage = "weights"
+    fixed_grid = False
+    not_compared_reason = ("a published file: compare its type's grid with the matching gguf:TYPE variant "
+                           "(legacy types only)")
+
+    @property
+    def label(self) -> str:
+        return f"published:{self.repo_id}/{self.filename}"
+
+    @property
+    def bits(self) -> int:
+        from .quantize.gguf import FILE_TYPES
+
+        return FILE_TYPES[self.kind][1] if self.kind in FILE_TYPES else 16
+
+    def require(self) -> None:
+        from .quantize.gguf import GGUFQuantizer
+
+        GGUFQuantizer("q8_0").require()
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": "published gguf", "repo": self.repo_id, "file": self.filename, "commit": self.commit,
+                "file_type": self.kind, "bits": self.bits}
+
+    def load_config(self) -> Any:
+        return None
+
+    def fetched(self, path: Path, commit: str | None) -> None:
+        """Phase two: the file is on disk; its file type read from its metadata."""
+        self.path, self.commit = path, commit
+        self.kind = _file_type(path)
+
+    def apply(self, model: nn.Module) -> QuantResult:
+        return self.apply_role("unlearned", model)
+
+    def apply_role(self, role: str, model: nn.Module) -> QuantResult:
+        from .quantize.gguf import TENSOR_BITS, GGUFQuantizer, gguf_names, read_quantized
+
+        if self.path is None:
+            raise QuantizationError(f"{self.label} was not fetched", "a bug if you see this")
+        if role != "unlearned":
+            if self.kind is None:
+                raise QuantizationError(f"{self.filename} names no llama.cpp file type the tool can reproduce",
+                                        f"leave it out with --published-files")
+            result = GGUFQuantizer(self.kind).apply(model)
+            settings = {**self.settings(), **{k: v for k, v in result.settings.items() if k not in ("method", "bits")},
+                        "reproduced": f"llama.cpp file type {self.kind.upper()} on this model"}
+            return QuantResult(label=self.label, settings=settings, proof=result.proof)
+        mapping = gguf_names(model)
+        read = read_quantized(self.path, model, mapping)
+        quantized = {n: t for n, t in read.types.items() if t in TENSOR_BITS}
+        widest = max((TENSOR_BITS[t] for t in quantized.values()), default=self.bits)
+        proof = QuantProof(layers_quantized=len([n for n in quantized if n != "token_embd.weight"]),
+                           layers_skipped=[], groups_checked=read.blocks_checked,
+                           max_levels=max(read.max_levels.values(), default=0), allowed_levels=2 ** widest)
+        counts: dict[str, int] = {}
+        for kind in read.types.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        settings = {**self.settings(), "tensor_types": dict(sorted(counts.items())), "tensor_bits_max": widest,
+                    "types_by_tensor": {mapping[n]: t for n, t in sorted(read.types.items())
+                                        if not n.endswith("norm.weight")}}
+        return QuantResult(label=self.label, settings=settings, proof=verify_proof(self.label, proof))
