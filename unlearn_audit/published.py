@@ -164,7 +164,7 @@ class PublishedGGUF:
         if role != "unlearned":
             if self.kind is None:
                 raise QuantizationError(f"{self.filename} names no llama.cpp file type the tool can reproduce",
-                                        f"leave it out with --published-files")
+                                        "leave it out with --published-files")
             result = GGUFQuantizer(self.kind).apply(model)
             settings = {**self.settings(), **{k: v for k, v in result.settings.items() if k not in ("method", "bits")},
                         "reproduced": f"llama.cpp file type {self.kind.upper()} on this model"}
