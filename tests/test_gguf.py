@@ -153,16 +153,25 @@ def _publish_quants(world, tmp_path) -> None:
         quantize_file(tmp_path / "f32.gguf", tmp_path / f"{kind}.gguf", ftype)
         files[f"fragile-{kind}.gguf"] = (tmp_path / f"{kind}.gguf").read_bytes()
     write_cached_repo(world.hub_cache, "quantfolk/fragile-GGUF", files)
+    from unlearn_audit.calibration import calibration_set
+    from unlearn_audit.miniature.hub_cache import folder_files
+
+    parse_variant("gptq:4").quantize(fragile.repo.path, fragile.tokenizer, calibration_set("generic"),
+                                     save_to=tmp_path / "gptq")
+    gptq = folder_files(tmp_path / "gptq")
+    gptq["README.md"] = b"---\nbase_model: miniature/fragile\nbase_model_relation: quantized\n---\n# GPTQ\n"
+    write_cached_repo(world.hub_cache, "quantfolk/fragile-GPTQ", gptq)
 
 
 def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     """--published: the listing call replaced (the one network call), the quant repo in the offline cache;
     the Q4_0 file is audited as a variant (its weights are the file's, bit for bit what llama.cpp wrote), the
-    original quantized the same way; the Q8_0 file is left out by the pattern, a GPTQ repo without GGUF is
-    listed as not audited; the report has the table."""
+    original quantized the same way; the Q8_0 file is left out by the pattern; a GPTQ repo is audited as
+    its checkpoint; a repo the cache does not hold is listed as not audited; the report has the table."""
     _publish_quants(world, tmp_path)
     monkeypatch.setattr("unlearn_audit.published.list_quantized",
-                        lambda model_id, limit: ["quantfolk/fragile-GGUF", "quantfolk/fragile-GPTQ"])
+                        lambda model_id, limit: ["quantfolk/fragile-GGUF", "quantfolk/fragile-GPTQ",
+                                                 "quantfolk/fragile-MLX"])
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--published",
                                       "--published-files", "*Q4_0*", "--max-items", "6", "--min-items", "1", "--no-cache",
@@ -179,7 +188,13 @@ def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     published = {e["repo"]: e for e in record["published"]}
     assert published["quantfolk/fragile-GGUF"]["files"] == ["fragile-Q4_0.gguf"]
     assert "does not match" in published["quantfolk/fragile-GGUF"]["skipped"]["fragile-Q8_0.gguf"]
-    assert "no GGUF file" in published["quantfolk/fragile-GPTQ"]["skipped"]["*"]
+    # a GPTQ repo: the checkpoint itself, loaded through transformers; the original at full precision
+    gptq = "published:quantfolk/fragile-GPTQ/*"
+    assert published["quantfolk/fragile-GPTQ"]["files"] == ["*"]
+    assert runs[("unlearned", gptq)]["proof"]["layers_quantized"] == 28
+    assert runs[("original", gptq)]["items"] == runs[("original", "full")]["items"]
+    assert "cannot be reproduced" in runs[("original", gptq)]["settings"]["original"]
+    assert "no GGUF file" in published["quantfolk/fragile-MLX"]["skipped"]["*"]  # not in the cache
     markdown = (out / "report.md").read_text()
     assert "## Published quants" in markdown and "fragile-Q4_0.gguf" in markdown and "not audited" in markdown
     # the same weights as loading the file in transformers (an independent GGUF reader)

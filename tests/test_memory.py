@@ -125,7 +125,9 @@ def test_the_readme_peak_memory_formula_holds_when_measured():
     """8 texts of 512 tokens, vocabulary 32k: the scorer's growth stays within the formula's non-weight
     terms (+30%), where scoring from the model's full [8, 512, 32000] logits (the fallback; the old scorer
     kept five float32 copies of them) exceeds it at least twice."""
-    chunked = _measure("chunked")
+    # resident memory can only be inflated by what else the machine does (page cache, allocator state): the
+    # lower of two fresh processes is the measurement (one run in a full suite once read 609 MB)
+    chunked = min((_measure("chunked") for _ in range(2)), key=lambda m: m["grew"])
     bound = 1.3 * (chunked["formula"] - chunked["weights"])
     assert chunked["grew"] <= bound, chunked
     assert chunked["grew"] >= 0.3 * (chunked["formula"] - chunked["weights"]), chunked  # the chunk is really used

@@ -39,7 +39,7 @@ from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import ENGINES
 from .calibration import FORGET, CalibrationSet, calibration_set, shortfall
-from .published import PublishedEntry, PublishedGGUF, find_published
+from .published import PublishedCheckpoint, PublishedEntry, PublishedGGUF, find_published
 from .quantize import BnbQuantizer, Quantizer, parse_variants
 from .quantize.base import library_failures
 from .quantize.bnb import quiet_bnb_warnings
@@ -154,6 +154,9 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
                 model = load_model(repo, device=config.device, dtype=loaded.dtype, device_map=config.device_map,
                                    trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                                    tokenizer=loaded.tokenizer, quantization_config=quantizer.load_config()).model
+            elif quantizer.stage == "published":  # a published checkpoint, loaded as its users load it
+                model, result = quantizer.load(device=config.device, tokenizer=loaded.tokenizer,
+                                               trust_remote_code=config.trust_remote_code)
             elif quantizer.stage == "calibrate":  # the library builds it from the folder, calibrating
                 reporter.note(f"calibrating {variant_name(quantizer.label)} on {role} ({calibration.source} text)")
                 model, result = quantizer.quantize(repo.path, loaded.tokenizer, calibration, device=config.device,
@@ -170,7 +173,7 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
                                      "that hold it whole")
             else:
                 model = copy.deepcopy(loaded.model)
-            if quantizer.stage != "calibrate":
+            if quantizer.stage not in ("calibrate", "published"):
                 apply_role = getattr(quantizer, "apply_role", None)  # a published file: the unlearned model's own
                 result = apply_role(role, model) if apply_role is not None else quantizer.apply(model)
             settings, proof = result.settings, result.proof.as_dict()
@@ -428,12 +431,19 @@ def fetch(plan: Plan, config: AuditConfig, reporter: Reporter) -> None:
                     allow_pickle=config.allow_pickle, label=repo.reference)
     if plan.adapter_base is not None:
         _merge(plan, config, reporter, weights)
-    for variant in plan.quantizers:  # --published: only the chosen GGUF files
+    for variant in plan.quantizers:  # --published: only the chosen GGUF files, or a checkpoint's weights
         if isinstance(variant, PublishedGGUF):
             reporter.note(f"fetching {variant.filename} from {variant.repo_id}")
             repo = resolve(variant.repo_id, cache_dir=config.cache_dir, offline=config.offline,
                            patterns=[variant.filename])
             variant.fetched(repo.path / variant.filename, repo.commit)
+        elif isinstance(variant, PublishedCheckpoint):
+            reporter.note(f"fetching the weights of {variant.repo_id}")
+            repo = resolve(variant.repo_id, cache_dir=config.cache_dir, offline=config.offline, patterns=METADATA_FILES)
+            repo = fetch_weights(repo, **weights)
+            check_files(repo.path, trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                        label=variant.repo_id)
+            variant.fetched(repo.path, repo.commit)
     try:
         shapes = tensor_shapes(plan.repos["unlearned"].path)
     except InputError:  # pickled weights (allowed): no header to read; a library failure is still one line
@@ -493,7 +503,8 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
             if hit is not None:
                 cached[label] = hit
         loaded = None
-        if len(cached) < len(variants):
+        derived = {q.label for q in variants if q is not None and q.stage == "published" and role != "unlearned"}
+        if any(label not in cached and label not in derived for label in keys):
             reporter.note(f"loading {role} model {repo.reference}")
             loaded = load_model(repo, device=config.device, dtype=dtype, device_map=config.device_map,
                                 trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
@@ -517,6 +528,11 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
         for quantizer in sorted(variants, key=lambda q: 0 if q is None else 1 if q.stage == "weights" else 2):
             label = FULL if quantizer is None else quantizer.label
             run = cached.get(label)
+            if run is None and quantizer is not None and quantizer.stage == "published" and role != "unlearned":
+                # the publisher's quantization cannot be redone on this model: its full-precision results
+                finished[label] = dataclasses.replace(finished[FULL], settings=quantizer.settings(), proof=None,
+                                                      seconds=0.0)
+                continue
             if run is None:
                 if quantizer is not None and quantizer.stage != "weights" and loaded.model is not None:
                     loaded.model = None

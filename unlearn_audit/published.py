@@ -65,7 +65,8 @@ class PublishedEntry:
 
     repo_id: str
     files: list[str] = field(default_factory=list)
-    """The GGUF files audited (each a variant ``published:REPO/FILE``)."""
+    """The GGUF files audited (each a variant ``published:REPO/FILE``); ``*`` for a GPTQ/AWQ checkpoint repo
+    audited whole (variant ``published:REPO/*``)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """File (or the repo, ``*``) -> why it was not audited."""
 
@@ -74,19 +75,23 @@ class PublishedEntry:
 
 
 def find_published(model_id: str, *, limit: int, pattern: str, cache_dir: Path | None,
-                   offline: bool) -> tuple[list[PublishedGGUF], list[PublishedEntry]]:
+                   offline: bool) -> tuple[list[PublishedGGUF | PublishedCheckpoint], list[PublishedEntry]]:
     """Phase one of ``--published``: the derivative repos and the GGUF files chosen in each (no download)."""
     if limit < 1:
         raise InputError(f"--published-max {limit} is not positive", "give --published-max 1 or more")
-    variants: list[PublishedGGUF] = []
+    variants: list[PublishedGGUF | PublishedCheckpoint] = []
     entries = []
     for repo_id in list_quantized(model_id, limit)[:limit]:
         entry = PublishedEntry(repo_id)
         files = repo_files(repo_id, cache_dir=cache_dir, offline=offline)
         ggufs = [f for f in files if f.endswith(".gguf") and "/" not in f]
         if not ggufs:
-            entry.skipped["*"] = ("no GGUF file at the top level" + (" in the local cache" if offline else "")
-                                  + " (GPTQ/AWQ/bitsandbytes derivatives are not audited yet)")
+            checkpoint, why = _checkpoint_variant(repo_id, files, cache_dir=cache_dir, offline=offline)
+            if checkpoint is not None:
+                entry.files.append("*")
+                variants.append(checkpoint)
+            else:
+                entry.skipped["*"] = why
         for name in ggufs:
             if not fnmatch.fnmatch(name, pattern):
                 entry.skipped[name] = f"does not match --published-files {pattern}"
@@ -100,6 +105,28 @@ def find_published(model_id: str, *, limit: int, pattern: str, cache_dir: Path |
         raise InputError(f"the Hub lists no quantized derivative of {model_id}",
                          "drop --published (or check the model id: derivatives name it as base_model)")
     return variants, entries
+
+
+def _checkpoint_variant(repo_id: str, files: list[str], *, cache_dir: Path | None,
+                        offline: bool) -> tuple[PublishedCheckpoint | None, str]:
+    """A GPTQ/AWQ repo as a variant (its config fetched, phase one), or why the repo is not audited."""
+    import json
+
+    from .hub import METADATA_FILES, resolve
+
+    if "config.json" not in files:
+        return None, "no GGUF file and no model config at the top level" + (" in the local cache" if offline else "")
+    repo = resolve(repo_id, cache_dir=cache_dir, offline=offline, patterns=METADATA_FILES)
+    config = json.loads((repo.path / "config.json").read_text(encoding="utf-8"))
+    quant = config.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "")).lower()
+    if method in ("gptq", "awq"):
+        return PublishedCheckpoint(repo_id=repo_id, method=method, quant_config=quant, path=repo.path,
+                                   commit=repo.commit), ""
+    if method == "bitsandbytes":
+        return None, ("a bitsandbytes checkpoint: not audited (transformers 5.23 with bitsandbytes 0.50 on CPU does "
+                      "not reload saved 4-bit weights as they were; test bnb:nf4/bnb:fp4 instead)")
+    return None, f"no GGUF file and no GPTQ/AWQ checkpoint (quant_method: {method or 'none'})"
 
 
 def _file_type(path: Path) -> str | None:
@@ -183,3 +210,69 @@ class PublishedGGUF:
                     "types_by_tensor": {mapping[n]: t for n, t in sorted(read.types.items())
                                         if not n.endswith("norm.weight")}}
         return QuantResult(label=self.label, settings=settings, proof=verify_proof(self.label, proof))
+
+
+@dataclass
+class PublishedCheckpoint:
+    """A published GPTQ/AWQ repo as a variant: the unlearned model is the checkpoint, loaded through
+    transformers as its users load it. The publisher's calibration is unknown, so the original is not
+    quantized the same way: its runs for this variant are its full-precision runs (the record says so)."""
+
+    repo_id: str
+    method: str
+    quant_config: dict[str, Any]
+    path: Path | None = None
+    commit: str | None = None
+    stage = "published"
+    fixed_grid = False
+    not_compared_reason = ("a published GPTQ/AWQ checkpoint: the publisher's calibration is unknown, so the "
+                           "original cannot be quantized the same way")
+
+    @property
+    def label(self) -> str:
+        return f"published:{self.repo_id}/*"
+
+    @property
+    def bits(self) -> int:
+        return int(self.quant_config.get("bits", 4))
+
+    @property
+    def group_size(self) -> int:
+        return int(self.quant_config.get("group_size", 128))
+
+    def require(self) -> None:
+        from .quantize.calibrated import _gptqmodel
+
+        _gptqmodel()
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": f"published {self.method}", "repo": self.repo_id, "commit": self.commit, "bits": self.bits,
+                "group_size": self.group_size, "file_type": f"{self.method}:{self.bits}:g{self.group_size}",
+                "original": "its full-precision runs (the publisher's calibration cannot be reproduced)"}
+
+    def load_config(self) -> Any:
+        return None
+
+    def fetched(self, path: Path, commit: str | None) -> None:
+        self.path, self.commit = path, commit
+
+    def apply(self, model: nn.Module) -> QuantResult:
+        raise QuantizationError(f"{self.label} is loaded from its repo, not applied", "a bug if you see this")
+
+    def load(self, *, device: str, tokenizer: Any, trust_remote_code: bool) -> tuple[nn.Module, QuantResult]:
+        """The checkpoint through transformers, and the proof (packed codes counted in its safetensors)."""
+        from transformers import AutoModelForCausalLM
+
+        from .quantize.calibrated import CalibratedQuantizer, checkpoint_levels
+
+        method = CalibratedQuantizer(method=self.method, bits=self.bits, group_size=self.group_size,
+                                     symmetric=self.quant_config.get("sym"),
+                                     act_order=bool(self.quant_config.get("desc_act", False)))
+        dtype = method.compute_dtype(device)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map={"": device},
+                                                     trust_remote_code=trust_remote_code)
+        model.eval()
+        packed = checkpoint_levels(self.path, self.bits, self.group_size, 0 if self.method == "gptq" else 1)
+        result = method._prove(model, *packed)
+        return model, QuantResult(label=self.label, settings={**result.settings, **self.settings()},
+                                  proof=result.proof)
