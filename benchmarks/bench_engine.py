@@ -3,7 +3,7 @@ evaluation code runs (one ``model.generate`` per prompt, generating the full bud
 strings afterwards; one forward pass per text for Min-K%).
 
 Both run every MUSE probe (VerbMem, KnowMem forget and retain, PrivLeak) on the miniature's original
-model, on CPU in float32, with greedy decoding. The script checks that the figures are identical (every
+model (or ``--model DIR``, e.g. SmolLM2-135M), on CPU in float32, with greedy decoding. The script checks that the figures are identical (every
 generation and every score) and prints wall time, tokens per second (generated + scored tokens) and the
 peak resident memory added by each. Run it on an otherwise idle machine:
 
@@ -120,10 +120,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--model", default=None, help="a model folder instead of the miniature's original "
+                                                      "(e.g. SmolLM2-135M, see bench_real.py)")
     args = parser.parse_args()
 
     world = build_miniature()
-    repo = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
+    repo = resolve(args.model) if args.model else resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
     loaded = load_model(repo, device=args.device)
     folder = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
     data = load_forget_data(folder, spec_for_dataset("miniature/news"), max_items=args.items)
@@ -146,7 +148,7 @@ def main() -> int:
                       for a, b in zip(loop["out"]["privleak"], engine["out"]["privleak"]))
     same_figures = {k: round(v, 6) for k, v in loop["figures"].items()} == \
                    {k: round(v, 6) for k, v in engine["figures"].items()}
-    print(f"miniature original, {len(data.verbmem_prompts)} items per split, {args.device}, "
+    print(f"{args.model or 'miniature original'}, {len(data.verbmem_prompts)} items per split, {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, r in results.items():
         print(f"{name:28s} {r['seconds']:7.1f} s  {r['tokens'] / r['seconds']:8.0f} tokens/s  "

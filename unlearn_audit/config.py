@@ -70,6 +70,14 @@ class ProbeSettings:
     """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
     engine: str = "hf"
     """Inference backend (see unlearn_audit.probes.engine.ENGINES)."""
+    tensor_parallel: int = 1
+    """``--engine vllm``: GPUs per model replica (vLLM's tensor_parallel_size)."""
+    pipeline_parallel: int = 1
+    """``--engine vllm``: pipeline stages (vLLM's pipeline_parallel_size; across nodes with Ray)."""
+    gpu_memory_utilization: float | None = None
+    """``--engine vllm``: the share of GPU memory vLLM may take (its default when None)."""
+    max_model_len: int | None = None
+    """``--engine vllm``: the longest sequence vLLM plans for (default: the model's context)."""
     chat_template: bool = False
     """Apply the tokenizer's chat template to KnowMem questions (instruct models); also set by the spec's
     ``chat_template``. Off by default, as MUSE."""
@@ -85,6 +93,16 @@ class ProbeSettings:
 
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine '{self.engine}'", f"use one of {', '.join(ENGINES)}")
+        scale = (self.tensor_parallel, self.pipeline_parallel, self.gpu_memory_utilization, self.max_model_len)
+        if self.engine != "vllm" and scale != (1, 1, None, None):
+            raise UsageError("--tensor-parallel, --pipeline-parallel, --gpu-memory-utilization and --max-model-len "
+                             "are vLLM settings", "add --engine vllm, or leave them out")
+        if min(self.tensor_parallel, self.pipeline_parallel) < 1:
+            raise UsageError("parallel sizes must be 1 or more", "give --tensor-parallel N / --pipeline-parallel N, N >= 1")
+        if self.engine == "vllm":
+            from .probes.vllm_engine import require_vllm
+
+            require_vllm()
         if self.sample_temperature is not None and self.sample_temperature <= 0:
             raise UsageError(f"sampling temperature {self.sample_temperature} is not positive",
                              "give a temperature above 0, e.g. 0.9, or leave it out for greedy decoding")

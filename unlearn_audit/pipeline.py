@@ -109,17 +109,35 @@ def _versions() -> dict[str, str]:
 
 
 def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig, reporter: Reporter,
-               title: str, truncated: dict[str, int], engine_stats: dict[str, Any] | None = None
-               ) -> dict[str, ProbeOutput]:
+               title: str, truncated: dict[str, int], engine_stats: dict[str, Any] | None = None,
+               source: Path | None = None, dtype: str = "float32") -> dict[str, ProbeOutput]:
     """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant (``config.probes`` is the
     effective probe settings: the spec's ``chat_template`` already folded in)."""
     settings = config.probes
-    chat = settings.chat_template
     total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
              + len(data.privleak_forget) + len(data.privleak_holdout) + len(data.holdout_prompts))
     advance = reporter.task(title, total)
+    extra: dict[str, Any] = {}
+    if settings.engine == "vllm":  # vLLM loads the variant's weights from a folder
+        from .probes.vllm_engine import VLLMSettings
+
+        extra = {"source": source, "dtype": dtype,
+                 "settings": VLLMSettings(settings.tensor_parallel, settings.pipeline_parallel,
+                                          settings.gpu_memory_utilization, settings.max_model_len)}
     engine = ENGINES[settings.engine](model, tokenizer, batch_size=settings.batch_size,
-                                      sample_temperature=settings.sample_temperature, seed=settings.seed)
+                                      sample_temperature=settings.sample_temperature, seed=settings.seed, **extra)
+    try:
+        return _probe_all(engine, data, config, advance, truncated, engine_stats, title)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+
+
+def _probe_all(engine: Any, data: ForgetData, config: AuditConfig, advance: Any, truncated: dict[str, int],
+               engine_stats: dict[str, Any] | None, title: str) -> dict[str, ProbeOutput]:
+    settings = config.probes
+    chat = settings.chat_template
     stem = settings.rouge_stemmer
     outputs = {
         "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
@@ -179,13 +197,19 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
             settings, proof = result.settings, result.proof.as_dict()
     label = FULL if quantizer is None else quantizer.label
     truncated = {"generate": 0, "score": 0}
+    source = repo.path
+    if config.probes.engine == "vllm" and quantizer is not None:  # vLLM serves the variant from a folder
+        source = saved_checkpoint(scratch, role, label)
+        model.save_pretrained(source)
     try:
         with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
             probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
-                                truncated, engine_stats)
+                                truncated, engine_stats, source=source, dtype=loaded.dtype)
     finally:
         if model is loaded.model and quantizer is not None:
             restore_weights(loaded.model, repo.path)
+        if source != repo.path:
+            shutil.rmtree(source, ignore_errors=True)
     return CachedRun(probes=probes, settings=settings, proof=proof, truncated=truncated,
                      seconds=round(time.time() - t, 2), n_parameters=loaded.n_parameters)
 
@@ -323,6 +347,10 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
         quiet_bnb_warnings()
     for quantizer in quantizers:  # a missing library is found before any work, with its install command
         quantizer.require()
+    served = [q.label for q in quantizers if q.stage != "weights"]
+    if config.probes.engine == "vllm" and served:
+        raise UsageError(f"--engine vllm serves full precision and in-place variants (rtn, gguf); not {', '.join(served)}",
+                         "run those variants with --engine hf (the default)")
     notes: list[str] = []
     common = {"cache_dir": config.cache_dir, "offline": config.offline, "patterns": METADATA_FILES}
     unlearned = resolve(config.model, revision=config.revision, **common)
@@ -717,9 +745,10 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     the_plan.timings["fetch"] = round(time.time() - t, 2)
     diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
     calibrated = [q for q in the_plan.quantizers if q.stage == "calibrate"]
-    if calibrated:  # GPTQ/AWQ checkpoints, kept to compare, and GPT-QModel's offload
+    if calibrated or config.probes.engine == "vllm":  # checkpoints kept to compare, offload, vLLM's variant folders
         the_plan.scratch = make_scratch(config.scratch_dir or config.results_dir or default_dir())
-        check_free_space(the_plan.scratch, scratch_bytes(the_plan.n_parameters, calibrated, len(the_plan.repos)))
+        check_free_space(the_plan.scratch, scratch_bytes(the_plan.n_parameters, calibrated, len(the_plan.repos))
+                         + (4 * the_plan.n_parameters if config.probes.engine == "vllm" else 0))
     try:
         runs = run_all(the_plan, config, reporter)
         diagnose_calibrated(the_plan, diagnostic)

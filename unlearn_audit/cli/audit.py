@@ -39,7 +39,15 @@ def check(
     max_items: MaxItemsOpt = None,
     batch_size: Annotated[str, typer.Option(
         help="Items per batch, or auto (from free GPU memory; 16 on CPU). Out of memory: halved and retried.")] = "auto",
-    engine: Annotated[str, typer.Option(help="Inference backend: hf (transformers).")] = "hf",
+    engine: Annotated[str, typer.Option(
+        help="Inference backend: hf (transformers) or vllm (installed apart: make vllm).")] = "hf",
+    tensor_parallel: Annotated[int, typer.Option("--tensor-parallel", help="vllm: GPUs per model.")] = 1,
+    pipeline_parallel: Annotated[int, typer.Option(
+        "--pipeline-parallel", help="vllm: pipeline stages (across nodes with Ray).")] = 1,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        "--gpu-memory-utilization", help="vllm: share of GPU memory it may take.")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(
+        "--max-model-len", help="vllm: longest sequence it plans for (default: the model's context).")] = None,
     chat_template: Annotated[bool, typer.Option(
         "--chat-template", help="Apply the tokenizer's chat template to KnowMem questions (instruct models).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
@@ -94,7 +102,9 @@ def check(
             tokenizer=tokenizer, forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
             thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap,
                                   min_items=min_items),
-            probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine, seed=seed,
+            probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine,
+                                 tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+                                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
                                  flavour=flavour, chat_template=chat_template,
                                  sample_temperature=sample_temperature), device=device,
             dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,

@@ -286,9 +286,16 @@ class _ChunkedHead:
         self.verified = mine.shape == reference.shape and bool(torch.allclose(mine, reference, rtol=1e-3, atol=1e-3))
 
 
-ENGINES: dict[str, type] = {"hf": Engine}
+def _vllm(*args: Any, **kwargs: Any) -> InferenceEngine:
+    from .vllm_engine import VLLMEngine
+
+    return VLLMEngine(*args, **kwargs)
+
+
+ENGINES: dict[str, Callable[..., InferenceEngine]] = {"hf": Engine, "vllm": _vllm}
 """``--engine`` names: ``hf`` runs the model with transformers (every quantizer's model is a transformers
-model). Add a backend by implementing :class:`InferenceEngine` and registering it here."""
+model); ``vllm`` serves the variant's weights from a folder with vLLM (see :mod:`.vllm_engine`). Add a
+backend by implementing :class:`InferenceEngine` and registering it here."""
 
 
 @dataclass(frozen=True)
