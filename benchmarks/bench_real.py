@@ -85,6 +85,29 @@ def unlearn_copy(original: Path, dest: Path, forget_texts: list[str], steps: int
     return dest
 
 
+def random_1b(root: Path, smollm: Path) -> tuple[Path, Path]:
+    """TinyLlama-1.1B's shape (hidden 2048, MLP 5632, 22 layers, 32/4 heads) with SmolLM2's 49k vocabulary and
+    tokenizer, random weights in bfloat16, and a copy with every linear weight moved by ±1e-2·|w|."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from unlearn_audit.miniature.nudge import nudge_checkpoint
+
+    original, nudged = root / "llama-1.1b-random", root / "llama-1.1b-random-nudged"
+    if not (original / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(smollm)
+        config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                             num_key_value_heads=4, vocab_size=49152, max_position_embeddings=2048,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(original)
+        tokenizer.save_pretrained(original)
+        del model
+    if not (nudged / "config.json").is_file():
+        nudge_checkpoint(original, nudged, rel=1e-2, seed=0)
+    return original, nudged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smollm", type=Path, default=None)
@@ -94,6 +117,9 @@ def main() -> None:
     parser.add_argument("--quant", default="rtn:8,rtn:4")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--shape", choices=("smollm2", "1b"), default="smollm2",
+                        help="1b: a random-init Llama of TinyLlama-1.1B's shape with SmolLM2's tokenizer, and a copy "
+                             "nudged by ±1e-2·|w|, for how each phase grows with size (timing only)")
     args = parser.parse_args()
 
     from unlearn_audit.cache import home
@@ -114,7 +140,12 @@ def main() -> None:
     forget = load_forget_data(news, spec_for_dataset("miniature/news")).privleak_forget
     t = time.time()
     unlearned = root / f"smollm2-135m-ga-{args.steps}-{args.lr:g}"
-    if not (unlearned / "config.json").is_file():  # in a child process, so its training memory is not ours
+    if args.shape == "1b":  # built in a child process, so its memory is not counted as the audit's
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            original, unlearned = pool.apply(random_1b, (root, original))
+    elif not (unlearned / "config.json").is_file():  # in a child process, so its training memory is not ours
         import multiprocessing
 
         child = multiprocessing.get_context("spawn").Process(
@@ -130,8 +161,14 @@ def main() -> None:
                          quant=tuple(args.quant.split(",")), device=args.device, cache_results=False,
                          probes=ProbeSettings(max_items=args.max_items, batch_size=None), formats=("json",),
                          out_dir=Path(tempfile.mkdtemp()))
-    record = audit(config).to_dict()
+    report = audit(config)
     seconds = time.time() - t
+    t = time.time()
+    from unlearn_audit.pipeline import write_reports
+
+    write_reports(report, config.out_dir, ("json", "md", "html"))
+    render_seconds = round(time.time() - t, 2)
+    record = report.to_dict()
     shutil.rmtree(config.out_dir, ignore_errors=True)
     execution = record["execution"]
     params = record["models"]["unlearned"]["n_parameters"]
@@ -139,10 +176,13 @@ def main() -> None:
     probe_seconds = sum(r["seconds"] for r in record["runs"])
     per_run = probe_seconds / len(record["runs"])
     result = {
-        "model": "SmolLM2-135M-Instruct", "parameters": params, "device": execution["device"],
+        "model": "SmolLM2-135M-Instruct" if args.shape == "smollm2" else "random-init 1.1B Llama (SmolLM2 tokenizer)",
+        "parameters": params, "device": execution["device"],
         "dtype": execution["dtype"], "threads": torch.get_num_threads(), "max_items": args.max_items,
         "variants": record["variants"], "unlearn_seconds": unlearn_seconds, "audit_seconds": round(seconds, 1),
-        "phase_seconds": execution["phase_seconds"],
+        "phase_seconds": {**execution["phase_seconds"], "render": render_seconds},
+        "run_phases": {title: {k: b.get(k) for k in ("quantize_seconds", "probe_seconds", "restore_seconds")}
+                       for title, b in execution["batches"].items()},
         "run_seconds": {f"{r['role']}/{r['variant']}": r["seconds"] for r in record["runs"]},
         "batches": execution["batches"],
         "peak_rss_mb": execution["peak_rss_mb"], "rss_before_audit_mb": baseline_mb,

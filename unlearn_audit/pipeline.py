@@ -196,6 +196,8 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
                 result = apply_role(role, model) if apply_role is not None else quantizer.apply(model)
             settings, proof = result.settings, result.proof.as_dict()
     label = FULL if quantizer is None else quantizer.label
+    title = f"{role} · {variant_name(label)}"
+    quantized_at = time.time()
     truncated = {"generate": 0, "score": 0}
     source = repo.path
     if config.probes.engine == "vllm" and quantizer is not None:  # vLLM serves the variant from a folder
@@ -203,13 +205,18 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
         model.save_pretrained(source)
     try:
         with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
-            probes = run_probes(model, loaded.tokenizer, data, config, reporter, f"{role} · {variant_name(label)}",
+            probes = run_probes(model, loaded.tokenizer, data, config, reporter, title,
                                 truncated, engine_stats, source=source, dtype=loaded.dtype)
+        probed_at = time.time()
     finally:
         if model is loaded.model and quantizer is not None:
             restore_weights(loaded.model, repo.path)
         if source != repo.path:
             shutil.rmtree(source, ignore_errors=True)
+    if title in engine_stats:  # where the run's time went (execution record: volatile, not cached)
+        engine_stats[title].update({"quantize_seconds": round(quantized_at - t, 2),
+                                    "probe_seconds": round(probed_at - quantized_at, 2),
+                                    "restore_seconds": round(time.time() - probed_at, 2)})
     return CachedRun(probes=probes, settings=settings, proof=proof, truncated=truncated,
                      seconds=round(time.time() - t, 2), n_parameters=loaded.n_parameters)
 
@@ -534,9 +541,11 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
         derived = {q.label for q in variants if q is not None and q.stage == "published" and role != "unlearned"}
         if any(label not in cached and label not in derived for label in keys):
             reporter.note(f"loading {role} model {repo.reference}")
+            started = time.time()
             loaded = load_model(repo, device=config.device, dtype=dtype, device_map=config.device_map,
                                 trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                                 tokenizer=tokenizer.tokenizer)
+            plan.timings[f"load_{role}"] = round(time.time() - started, 2)
         if cached:
             reporter.note(f"{role}: reusing {len(cached)} of {len(variants)} cached results")
         full_run = cached.get(FULL)
