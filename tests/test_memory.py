@@ -87,7 +87,7 @@ def test_automatic_budget_reads_free_memory(world, monkeypatch):
 
 
 _MEASURE = r"""
-import json, resource, sys
+import json, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from unlearn_audit.memory import peak_bytes
@@ -111,7 +111,8 @@ def rss():
         return int(f.read().split()[1]) * 4096
 before = rss()
 engine.token_stats(["512"] * 8)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/status") as f:  # VmHWM: this process image's peak (ru_maxrss carries the forking
+    peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))  # parent's size across exec)
 n = sum(p.numel() for p in model.parameters())
 print(json.dumps({"grew": peak - before, "weights": n * 4, "formula": peak_bytes(n, config, 4, 8 * 512),
                   "scoring": engine.describe()["scoring"]}))
@@ -119,11 +120,9 @@ print(json.dumps({"grew": peak - before, "weights": n * 4, "formula": peak_bytes
 
 
 def _measure(mode: str) -> dict[str, int]:
-    # glibc's dynamic mmap threshold lets freed temporaries stay resident in the heap depending on thread timing
-    # (measured in full suites: 609 and 1,048 MB where an idle run reads 279 MB); a fixed threshold makes
-    # resident memory follow what is allocated, which is what the formula states
-    # and a clean environment: in full suites (never alone) the chunked figure read 609-1,048 MB, as if other
-    # tests' environment variables (set by the libraries they import) changed the measured process
+    # the peak is the child's VmHWM: ru_maxrss carries the forking parent's size across exec (in a full suite
+    # the pytest process is over 1 GB, and the figure read 609-1,053 MB); a clean environment and a fixed glibc
+    # mmap threshold keep the measured process independent of the suite around it
     env = {name: os.environ[name] for name in ("PATH", "HOME", "PYTHONPATH", "UNLEARN_AUDIT_HOME") if name in os.environ}
     env.update({"MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**20), "HF_HUB_OFFLINE": "1"})
     out = subprocess.run([sys.executable, "-c", _MEASURE, mode], capture_output=True, text=True, check=True, env=env)
