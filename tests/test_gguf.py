@@ -90,7 +90,8 @@ def test_audits_with_gguf_variants_run_prove_and_stay_quiet(world, tmp_path):
         out = tmp_path / name
         result = CliRunner().invoke(app, ["check", f"miniature/{name}", "--quant",
                                           "rtn:4,bnb:fp4,gguf:q8_0,gguf:q4_0,gguf:q4_k_m",
-                                          "--cache-dir", str(world.hub_cache), "--out", str(out), "--no-cache"])
+                                          "--cache-dir", str(world.hub_cache), "--out", str(out), "--no-cache",
+                                          "--scratch", str(tmp_path / "scratch")])
         assert result.exit_code in (0, 1, 4), result.output
         assert "llama_model_quantize" not in result.output and "converting to" not in result.output
         records[name] = json.loads((out / "report.json").read_text())
@@ -100,6 +101,12 @@ def test_audits_with_gguf_variants_run_prove_and_stay_quiet(world, tmp_path):
     assert recovery[("verbmem_f", "rtn:4:g128")] > 0.5
     for label in ("gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m"):
         assert recovery[("verbmem_f", label)] < recovery[("verbmem_f", "rtn:4:g128")] - 0.3, label
+    for record in records.values():  # the k-quant mix compared from the two files the audit kept
+        kquant = record["weight_diff"]["overall"]["gguf:q4_k_m"]
+        assert "gguf:q4_k_m" not in record["weight_diff"]["not_compared"]
+        assert {"Q4_K", "Q6_K"} <= set(kquant["by_type"]) and kquant["same_code_common_of_moved"] is None
+        assert 0 <= kquant["same_code_of_moved"] <= 1 and kquant["update_steps"] > 0
+    assert (tmp_path / "scratch").is_dir() and not list((tmp_path / "scratch").iterdir())  # gone with the audit
     for record in records.values():
         runs = {(r["role"], r["variant"]): r for r in record["runs"]}
         for label in ("gguf:q8_0", "gguf:q4_0", "gguf:q4_k_m"):
@@ -135,10 +142,52 @@ def test_weight_diagnostic_compares_legacy_gguf_grids(world):
     diff = weight_diff(u, o, [parse_variant(v) for v in ("rtn:4", "gguf:q4_0", "gguf:q8_0", "gguf:q4_k_m")]).as_dict()
     overall = diff["overall"]
     assert set(overall) == {"rtn:4:g128", "gguf:q4_0", "gguf:q8_0"}
-    assert "k-quants" in diff["not_compared"]["gguf:q4_k_m"]
+    assert "compared from the two files an audit quantizes" in diff["not_compared"]["gguf:q4_k_m"]
     # the fragile model sits on RTN-4's grid; Q4_0's blocks of 32 with a symmetric scale are another grid
     assert overall["rtn:4:g128"]["same_code_of_moved"] > overall["gguf:q4_0"]["same_code_of_moved"]
     assert overall["gguf:q8_0"]["same_code_of_moved"] < overall["gguf:q4_0"]["same_code_of_moved"]
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_block_codes_rebuild_ggmls_own_values(kind):
+    """The codes and scales unpacked from the bytes ggml's own quantizer writes rebuild, bit for bit, what the
+    gguf package's dequantizer reads from them; the codes stay in each type's range."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from unlearn_audit.quantize.ggml_blocks import LAYOUT, quantize_rows, unpack
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((6, 512)) * 0.05).astype(np.float32)
+    x[0, :300] += 0.3  # a shifted block: minimums matter
+    x[1, 40:60] = 0.0
+    raw = quantize_rows(x, kind)
+    blocks = unpack(raw, kind)
+    np.testing.assert_array_equal(blocks.values().reshape(x.shape),
+                                  dequantize(raw, gguf.GGMLQuantizationType[kind]).reshape(x.shape))
+    assert blocks.codes.shape == (6 * 512 // LAYOUT[kind][0], LAYOUT[kind][0])
+    span = int(blocks.codes.max()) - int(blocks.codes.min())
+    assert 0 < span < 2 ** {"Q8_0": 8, "Q6_K": 6, "Q5_K": 5, "Q5_0": 5, "Q5_1": 5, "Q3_K": 3, "Q2_K": 2}.get(kind, 4)
+
+
+def test_file_comparison_equals_the_fitted_grid_comparison_on_q4_0(world, tmp_path):
+    """Two independent routes to the Q4_0 diagnostic agree: the fixed-grid fit of the checkpoints' weights and
+    the block-by-block comparison of the two files llama.cpp wrote."""
+    from unlearn_audit.quantize.gguf import GGUFQuantizer
+    from unlearn_audit.weights import gguf_diff, weight_diff
+
+    u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
+    o = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
+    for repo, role in ((u, "unlearned"), (o, "original")):
+        GGUFQuantizer("q4_0").apply(load_model(repo).model, workdir=tmp_path, save_to=tmp_path / role)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["original", "unlearned"]  # no full-precision file left
+    files = gguf_diff(u.path, o.path, tmp_path / "unlearned", tmp_path / "original")
+    fitted = weight_diff(u.path, o.path, [parse_variant("gguf:q4_0")]).overall["gguf:q4_0"]
+    assert files["by_type"] == {"Q4_0": {"tensors": 28, "same_code_of_moved": pytest.approx(fitted["same_code_of_moved"],
+                                                                                              abs=1e-12)}}
+    for key in ("moved", "same_code", "same_code_of_moved", "groups_changed", "scale_change_max", "update_steps"):
+        assert files[key] == pytest.approx(fitted[key], rel=1e-6), key
+    assert files["reading"] == fitted["reading"]
 
 
 def _publish_quants(world, tmp_path) -> None:
@@ -185,6 +234,16 @@ def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     assert mine["file_type"] == "q4_0" and mine["commit"] and mine["tensor_types"]["Q4_0"] == 29
     assert theirs["reproduced"].startswith("llama.cpp file type Q4_0")
     assert mine["types_by_tensor"] == theirs["types_by_tensor"]  # the same per-tensor choices
+    # the diagnostic compares the published file with the original's reproduction, block by block: the file is
+    # llama.cpp's Q4_0 of the fragile model, so it reads as the fitted Q4_0 grids do
+    from unlearn_audit.weights import weight_diff
+
+    compared = record["weight_diff"]["overall"][label]
+    fitted = weight_diff(resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True).path,
+                         resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path,
+                         [parse_variant("gguf:q4_0")]).overall["gguf:q4_0"]
+    assert compared["by_type"]["Q4_0"]["tensors"] == 28
+    assert compared["same_code_of_moved"] == pytest.approx(fitted["same_code_of_moved"], abs=1e-12)
     published = {e["repo"]: e for e in record["published"]}
     assert published["quantfolk/fragile-GGUF"]["files"] == ["fragile-Q4_0.gguf"]
     assert "does not match" in published["quantfolk/fragile-GGUF"]["skipped"]["fragile-Q8_0.gguf"]

@@ -192,8 +192,13 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
             else:
                 model = copy.deepcopy(loaded.model)
             if quantizer.stage not in ("calibrate", "published"):
+                kept: dict[str, Any] = {}  # GGUF: its files in the scratch folder, k-quants' kept to compare
+                if getattr(quantizer, "writes_scratch", False) and scratch is not None:
+                    kept["workdir"] = scratch
+                    if compared_after(quantizer):
+                        kept["save_to"] = saved_checkpoint(scratch, role, quantizer.label)
                 apply_role = getattr(quantizer, "apply_role", None)  # a published file: the unlearned model's own
-                result = apply_role(role, model) if apply_role is not None else quantizer.apply(model)
+                result = apply_role(role, model, **kept) if apply_role is not None else quantizer.apply(model, **kept)
             settings, proof = result.settings, result.proof.as_dict()
     label = FULL if quantizer is None else quantizer.label
     title = f"{role} · {variant_name(label)}"
@@ -253,7 +258,7 @@ class Plan:
     """For an adapter checkpoint: the base model it is merged into (phase two merges it)."""
     adapter: MergedAdapter | None = None
     scratch: Path | None = None
-    """Working folder of this audit (calibrated checkpoints kept for the diagnostic), removed at the end."""
+    """Working folder of this audit (quantized checkpoints kept for the diagnostic), removed at the end."""
     timings: dict[str, float] = field(default_factory=dict)
     n_parameters: int = 0
     """The unlearned model's parameter count, from its safetensors headers (phase two)."""
@@ -611,22 +616,24 @@ def reproducibility_key(config: AuditConfig, dtype: str) -> dict[str, Any]:
     return key
 
 
-def scratch_bytes(n_parameters: int, calibrated: list[Quantizer], models: int) -> int:
-    """Disk a GPTQ/AWQ audit writes: each calibrated variant's checkpoint of every model, kept until the end
-    for the diagnostic (the packed codes, a 16-bit lm_head and embeddings: about bits/8 + 10% per parameter
-    plus two bytes per parameter for the unquantized tensors, taken as 15%), and one GPT-QModel offload of the
-    model being quantized (16-bit, two bytes per parameter)."""
-    kept = sum(n_parameters * (getattr(q, "bits", 16) / 8 * 1.1 + 0.15 * 2) for q in calibrated) * models
-    return int(kept + 2 * n_parameters)
+def scratch_bytes(n_parameters: int, kept: list[Quantizer], models: int, gguf: bool = False) -> int:
+    """Disk an audit with kept variants writes: each kept variant's checkpoint of every model, kept until the end
+    for the diagnostic (the codes, scales and the unquantized tensors: about bits/8 + 10% per parameter plus
+    two bytes per parameter for a 16-bit lm_head and embeddings, taken as 15%), and the largest transient file:
+    GPT-QModel's offload of the model being quantized (16-bit, two bytes per parameter) or the full-precision GGUF
+    file llama.cpp quantizes from (float32, four)."""
+    stored = sum(n_parameters * (getattr(q, "bits", 16) / 8 * 1.1 + 0.15 * 2) for q in kept) * models
+    transient = 4 if gguf else 2 if kept else 0
+    return int(stored + transient * n_parameters)
 
 
 def check_free_space(folder: Path, needed: int) -> None:
     """Refuse before quantizing when ``folder``'s disk has less free space than ``needed`` bytes."""
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise RuntimeFailure(f"GPTQ/AWQ need about {needed / 1e9:.1f} GB of scratch space in {folder.parent}, which "
-                             f"has {free / 1e9:.1f} GB free", "pass --scratch DIR on a larger disk, or test fewer "
-                             "gptq/awq variants")
+        raise RuntimeFailure(f"the quantized checkpoints this audit keeps need about {needed / 1e9:.1f} GB of scratch "
+                             f"space in {folder.parent}, which has {free / 1e9:.1f} GB free", "pass --scratch DIR on a "
+                             "larger disk, or test fewer gptq/awq/gguf variants")
 
 
 def make_scratch(root: Path) -> Path:
@@ -654,22 +661,30 @@ def saved_checkpoint(scratch: Path, role: str, label: str) -> Path:
     return scratch / role / label.replace(":", "_")
 
 
-def diagnose_calibrated(plan: Plan, diagnostic: dict[str, Any] | None) -> None:
-    """GPTQ/AWQ: compare the two saved checkpoints of each calibrated variant group by group (both were
-    quantized in this audit), or say why not (a side reused from the result cache left no checkpoint)."""
+def compared_after(quantizer: Quantizer) -> bool:
+    """GPTQ/AWQ, GGUF k-quants and published GGUF files: the diagnostic compares the two quantized
+    checkpoints the audit made (their grids depend on data or on a search), so the audit keeps them."""
+    return quantizer.stage == "calibrate" or bool(getattr(quantizer, "compared_after", False))
+
+
+def diagnose_after(plan: Plan, diagnostic: dict[str, Any] | None) -> None:
+    """Compare the two kept checkpoints of each variant whose grid is known only once it is made (GPTQ/AWQ
+    group by group, GGUF block by block), or say why not (a side reused from the result cache kept none)."""
     if diagnostic is None or plan.scratch is None:
         return
     for quantizer in plan.quantizers:
-        if quantizer.stage != "calibrate":
+        if not compared_after(quantizer):
             continue
         saved_u, saved_o = (saved_checkpoint(plan.scratch, role, quantizer.label) for role in ("unlearned", "original"))
         if not (saved_u.is_dir() and saved_o.is_dir()):
             diagnostic["not_compared"][quantizer.label] = (
-                "its grid is fitted to calibration data, so it is compared from the two quantized checkpoints, and "
+                "its grid is known only once it is made, so it is compared from the two quantized checkpoints, and "
                 "one of them came from the result cache in this audit (run with --no-cache to compare)")
             continue
-        diagnostic["overall"][quantizer.label] = calibrated_diff(plan.repos["unlearned"].path,
-                                                                 plan.repos["original"].path, saved_u, saved_o, quantizer)
+        unlearned, original = plan.repos["unlearned"].path, plan.repos["original"].path
+        compare = getattr(quantizer, "saved_diff", None)
+        diagnostic["overall"][quantizer.label] = (compare(unlearned, original, saved_u, saved_o) if compare is not None
+                                                  else calibrated_diff(unlearned, original, saved_u, saved_o, quantizer))
         diagnostic["quantizers"].append(quantizer.label)
         diagnostic["not_compared"].pop(quantizer.label, None)
 
@@ -753,14 +768,16 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     fetch(the_plan, config, reporter)
     the_plan.timings["fetch"] = round(time.time() - t, 2)
     diagnostic = diagnose(the_plan, config, reporter)  # needs no data: the first answer a user gets
-    calibrated = [q for q in the_plan.quantizers if q.stage == "calibrate"]
-    if calibrated or config.probes.engine == "vllm":  # checkpoints kept to compare, offload, vLLM's variant folders
+    kept = [q for q in the_plan.quantizers if compared_after(q)]
+    writing = [q for q in the_plan.quantizers if getattr(q, "writes_scratch", False)]
+    if kept or writing or config.probes.engine == "vllm":  # kept checkpoints, offloads, GGUF files, vLLM's folders
         the_plan.scratch = make_scratch(config.scratch_dir or config.results_dir or default_dir())
-        check_free_space(the_plan.scratch, scratch_bytes(the_plan.n_parameters, calibrated, len(the_plan.repos))
+        check_free_space(the_plan.scratch, scratch_bytes(the_plan.n_parameters, kept, len(the_plan.repos),
+                                                         gguf=bool(writing))
                          + (4 * the_plan.n_parameters if config.probes.engine == "vllm" else 0))
     try:
         runs = run_all(the_plan, config, reporter)
-        diagnose_calibrated(the_plan, diagnostic)
+        diagnose_after(the_plan, diagnostic)
     finally:
         if the_plan.scratch is not None:
             shutil.rmtree(the_plan.scratch, ignore_errors=True)

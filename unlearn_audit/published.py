@@ -149,9 +149,20 @@ class PublishedGGUF:
     commit: str | None = None
     kind: str | None = None
     stage = "weights"
+    writes_scratch = True
     fixed_grid = False
-    not_compared_reason = ("a published file: compare its type's grid with the matching gguf:TYPE variant "
-                           "(legacy types only)")
+    not_compared_reason = ("a published file: compared block by block with the original quantized to the file's "
+                           "type in the audit (after its probes), when the file names a type llama.cpp reproduces")
+
+    @property
+    def compared_after(self) -> bool:
+        """The file and the original quantized by llama.cpp to its type are kept and compared afterwards."""
+        return self.kind is not None
+
+    def saved_diff(self, unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
+        from .weights import gguf_diff
+
+        return gguf_diff(unlearned, original, saved_u, saved_o)
 
     @property
     def label(self) -> str:
@@ -180,11 +191,14 @@ class PublishedGGUF:
         self.path, self.commit = path, commit
         self.kind = _file_type(path)
 
-    def apply(self, model: nn.Module) -> QuantResult:
-        return self.apply_role("unlearned", model)
+    def apply(self, model: nn.Module, workdir: Path | None = None, save_to: Path | None = None) -> QuantResult:
+        return self.apply_role("unlearned", model, workdir, save_to)
 
-    def apply_role(self, role: str, model: nn.Module) -> QuantResult:
-        from .quantize.gguf import TENSOR_BITS, GGUFQuantizer, gguf_names, read_quantized
+    def apply_role(self, role: str, model: nn.Module, workdir: Path | None = None,
+                   save_to: Path | None = None) -> QuantResult:
+        """The unlearned model: the published file's tensors; the original: quantized by llama.cpp to the
+        file's type. ``save_to`` keeps each side's file (the published one linked) for the diagnostic."""
+        from .quantize.gguf import TENSOR_BITS, GGUFQuantizer, gguf_names, keep_file, read_quantized
 
         if self.path is None:
             raise QuantizationError(f"{self.label} was not fetched", "a bug if you see this")
@@ -192,12 +206,14 @@ class PublishedGGUF:
             if self.kind is None:
                 raise QuantizationError(f"{self.filename} names no llama.cpp file type the tool can reproduce",
                                         "leave it out with --published-files")
-            result = GGUFQuantizer(self.kind).apply(model)
+            result = GGUFQuantizer(self.kind).apply(model, workdir, save_to)
             settings = {**self.settings(), **{k: v for k, v in result.settings.items() if k not in ("method", "bits")},
                         "reproduced": f"llama.cpp file type {self.kind.upper()} on this model"}
             return QuantResult(label=self.label, settings=settings, proof=result.proof)
         mapping = gguf_names(model)
         read = read_quantized(self.path, model, mapping)
+        if save_to is not None:
+            keep_file(self.path, save_to, mapping, model, link=True)
         quantized = {n: t for n, t in read.types.items() if t in TENSOR_BITS}
         widest = max((TENSOR_BITS[t] for t in quantized.values()), default=self.bits)
         proof = QuantProof(layers_quantized=len([n for n in quantized if n != "token_embd.weight"]),

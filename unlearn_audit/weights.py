@@ -357,3 +357,85 @@ def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Pat
         overall[key] = None  # no common grid: each model's grid comes from its own calibration
     overall["grid"] = "each model's own, fitted to the calibration data by the library"
     return overall
+
+
+GGUF_NAMES = "names.json"
+"""Beside a kept GGUF file: its tensor names' parameters and the head counts its q/k rows were permuted with."""
+
+
+def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
+    """GGUF k-quants and mixes after the fact: both models were quantized by llama.cpp to the same file type,
+    and the two files are compared block by block, for each linear weight both hold with the same type: the
+    share of moved weights whose code is the original's, each file with the grid llama.cpp searched for it;
+    the share of sub-blocks whose scale or minimum changed and by how much; the mean update in the
+    original's steps (its sub-block scales); and the same reading as the other methods, also per type (the
+    mixes give some tensors a finer type). The k-quants search each block's scales, so there is no common
+    grid to place the unlearned weights on: those figures are left empty, as for GPTQ/AWQ."""
+    import json
+
+    import numpy as np
+
+    from .quantize.ggml_blocks import LAYOUT, unpack
+    from .quantize.gguf import _gguf, _permute
+
+    gguf = _gguf()
+    u_index, o_index, names = comparable_layers(unlearned, original)
+    wanted = set(names)
+    meta = json.loads((saved_o / GGUF_NAMES).read_text())
+    files = [gguf.GGUFReader(str(folder / "model.gguf")) for folder in (saved_u, saved_o)]
+    tensors_u = {t.name: t for t in files[0].tensors}
+    t, by_type = _Totals(), {}
+    steps_sum, differing = 0.0, 0
+    for tensor_o in files[1].tensors:
+        param = meta["tensors"].get(tensor_o.name)
+        tensor_u = tensors_u.get(tensor_o.name)
+        kind = tensor_o.tensor_type.name
+        if param not in wanted or tensor_u is None or kind not in LAYOUT:
+            continue
+        if tensor_u.tensor_type.name != kind:
+            differing += 1
+            continue
+        codes_u, codes_o = unpack(tensor_u.data, kind), unpack(tensor_o.data, kind)
+        dtype = compare_dtype(*_stored_dtypes(u_index[param], o_index[param], param), getattr(torch, meta["dtype"]))
+        u, o = load_tensor(u_index[param], param, dtype).numpy(), load_tensor(o_index[param], param, dtype).numpy()
+        if param.endswith(("q_proj.weight", "k_proj.weight")):  # the file's row order (llama.cpp's RoPE layout)
+            heads = meta["heads"] if param.endswith("q_proj.weight") else meta["kv_heads"]
+            u, o = _permute(u, heads), _permute(o, heads)
+        u, o = u.reshape(codes_o.codes.shape), o.reshape(codes_o.codes.shape)
+        moved = torch.from_numpy(u != o)
+        same = torch.from_numpy(codes_u.codes == codes_o.codes)
+        counts = t.add_levels(moved, same)
+        scale_u, scale_o = torch.from_numpy(codes_u.scale), torch.from_numpy(codes_o.scale)
+        changed = (scale_u != scale_o) | torch.from_numpy(codes_u.low != codes_o.low)
+        t.add_grids(changed, relative_change(scale_u, scale_o))
+        step = np.abs(codes_o.per_weight(codes_o.scale))
+        update = np.abs(u - o)[moved.numpy()] / np.where(step > 0, step, np.inf)[moved.numpy()]
+        steps_sum += float(update.sum())
+        row = by_type.setdefault(kind, {"tensors": 0, "moved": 0, "same_moved": 0})
+        row["tensors"] += 1
+        row["moved"] += counts["moved"]
+        row["same_moved"] += counts["same_moved"]
+    if not t.numel:
+        raise InputError("the two GGUF files share no quantized linear weight", "report this as a bug")
+    overall = t.overall()
+    for key in ("same_code_common", "same_code_common_of_moved", "code_distance"):
+        overall[key] = None  # no common grid: llama.cpp searches each block's scales for each file
+    overall["update_steps"] = steps_sum / t.moved if t.moved else None
+    overall["grid"] = "each file's own: the scales llama.cpp searched block by block, at the types its mix chose per tensor"
+    overall["by_type"] = {kind: {"tensors": row["tensors"],
+                                 "same_code_of_moved": row["same_moved"] / row["moved"] if row["moved"] else None}
+                          for kind, row in sorted(by_type.items())}
+    if differing:
+        overall["tensors_of_different_types"] = differing
+    return overall
+
+
+def _stored_dtypes(path_u: Path, path_o: Path, name: str) -> tuple[torch.dtype, torch.dtype]:
+    from safetensors import safe_open
+
+    stored = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    dtypes = []
+    for path in (path_u, path_o):
+        with safe_open(str(path), framework="pt") as handle:
+            dtypes.append(stored.get(handle.get_slice(name).get_dtype(), torch.float32))
+    return dtypes[0], dtypes[1]

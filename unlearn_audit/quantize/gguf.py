@@ -139,6 +139,26 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
     return mapping
 
 
+def keep_file(path: Path, folder: Path, mapping: dict[str, str], model: nn.Module, link: bool = False) -> None:
+    """Move (or link, ``link=True``) a quantized GGUF file into ``folder`` as ``model.gguf`` with the names the
+    diagnostic needs: GGUF tensor -> parameter, the head counts of the q/k row permutation, the model's dtype."""
+    import json
+    import shutil
+
+    from ..weights import GGUF_NAMES
+
+    config = model.config
+    heads = config.num_attention_heads
+    folder.mkdir(parents=True, exist_ok=True)
+    if link:  # a published file: read where it lies
+        (folder / "model.gguf").symlink_to(path.resolve())
+    else:
+        shutil.move(str(path), folder / "model.gguf")
+    (folder / GGUF_NAMES).write_text(json.dumps({
+        "tensors": mapping, "heads": heads, "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}))
+
+
 def quantize_file(source: Path, target: Path, file_type: str, threads: int = 0) -> None:
     """llama.cpp's ``llama_model_quantize`` with its default parameters and ``file_type``."""
     llama_cpp = _llama_cpp()
@@ -293,6 +313,8 @@ class GGUFQuantizer:
     kind: str = "q4_k_m"
     stage = "weights"
     """Quantized in place on the loaded copy (through the file), restored from the checkpoint afterwards."""
+    writes_scratch = True
+    """Its GGUF files go to the audit's scratch folder (the full-precision one is 4 bytes per parameter)."""
 
     def __post_init__(self) -> None:
         if self.kind not in FILE_TYPES:
@@ -309,9 +331,20 @@ class GGUFQuantizer:
         return self.kind in LEGACY
 
     @property
+    def compared_after(self) -> bool:
+        """The k-quants and mixes: the audit keeps both models' quantized files and the diagnostic compares
+        their blocks afterwards (``weights.gguf_diff``), as for GPTQ/AWQ."""
+        return self.kind not in LEGACY
+
+    @property
     def not_compared_reason(self) -> str:
-        return ("llama.cpp's k-quants search each block's scales and the _S/_M/_L mixes choose a type per tensor; "
-                "the diagnostic fits only the legacy types (gguf:q8_0, q4_0, q4_1, q5_0, q5_1)")
+        return ("llama.cpp's k-quants search each block's scales and the _S/_M/_L mixes choose a type per tensor, so "
+                "they are compared from the two files an audit quantizes (after its probes; `diff` alone cannot)")
+
+    def saved_diff(self, unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
+        from ..weights import gguf_diff
+
+        return gguf_diff(unlearned, original, saved_u, saved_o)
 
     @property
     def bits(self) -> int:
@@ -338,14 +371,19 @@ class GGUFQuantizer:
             raise QuantizationError(f"{self.label} has no fixed grid to fit", self.not_compared_reason)
         return block_grid(weight, LEGACY[self.kind][0])
 
-    def apply(self, model: nn.Module) -> QuantResult:
+    def apply(self, model: nn.Module, workdir: Path | None = None, save_to: Path | None = None) -> QuantResult:
+        """Quantize ``model`` in place through a GGUF file written in ``workdir`` (default: the system's
+        temporary folder); ``save_to`` keeps the quantized file (with its names) for the diagnostic."""
         self.require()
-        with tempfile.TemporaryDirectory(prefix="unlearn-audit-gguf-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="unlearn-audit-gguf-", dir=workdir) as scratch:
             source, target = Path(scratch) / "model.gguf", Path(scratch) / f"model-{self.kind}.gguf"
             mapping = write_gguf(model, source)
             with _quiet_llama():
                 quantize_file(source, target, FILE_TYPES[self.kind][0])
+            source.unlink()  # the full-precision file: not needed any more
             read = read_quantized(target, model, mapping)
+            if save_to is not None:
+                keep_file(target, save_to, mapping, model)
         quantized = {n: t for n, t in read.types.items() if t in TENSOR_BITS}
         linear = {n: t for n, t in quantized.items() if not mapping[n].endswith("embed_tokens.weight")}
         head_tied = "output.weight" not in read.types and "token_embd.weight" in quantized
