@@ -50,6 +50,9 @@ def build_smollm2(dest: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.bfloat16)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
         model.config.rms_norm_eps = 1e-5  # the GGUF's float32 gives 9.9999997e-06
+        model.hf_quantizer = None  # transformers >= 5.2x marks a GGUF load "quantized"; the weights are dense
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         tokenizer.model_max_length = 8192
         work = dest.with_name(dest.name + ".partial")
         model.save_pretrained(work)
@@ -108,6 +111,57 @@ def random_1b(root: Path, smollm: Path) -> tuple[Path, Path]:
     return original, nudged
 
 
+class MemoryTrace:
+    """Resident memory sampled every ``every`` seconds in a thread, attributed to the audit's current step (the
+    reporter's last note or task: "loading unlearned model", "unlearned · RTN 4-bit"...): where the peak is."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        import threading
+
+        self.every, self.phase, self.peaks = every, "start", {}
+        self.order: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096 / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = self.rss_mb()
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+            self._stop.wait(self.every)
+
+    def enter(self, phase: str) -> None:
+        rss = self.rss_mb()
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+        self.phase = phase
+        if phase not in self.order:
+            self.order.append(phase)
+
+    # the reporter interface the audit calls
+    def task(self, description: str, total: int):  # noqa: ANN201
+        self.enter(description)
+        return lambda n: None
+
+    def note(self, message: str) -> None:
+        self.enter(message)
+
+    def __enter__(self) -> MemoryTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def table(self, baseline: float) -> dict[str, float]:
+        """Step -> its peak resident memory above ``baseline`` (MiB), in the order the steps came."""
+        return {phase: round(self.peaks[phase] - baseline, 1) for phase in self.order if phase in self.peaks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smollm", type=Path, default=None)
@@ -156,12 +210,14 @@ def main() -> None:
             raise SystemExit("the unlearning step failed")
     unlearn_seconds = round(time.time() - t, 1)
     baseline_mb = peak_rss_mb()  # the interpreter with torch and transformers imported, no model yet
+    resident_mb = MemoryTrace.rss_mb()  # what is resident now (the peak above may include a build in this process)
     t = time.time()
     config = AuditConfig(model=str(unlearned), original=str(original), forget=str(news),
                          quant=tuple(args.quant.split(",")), device=args.device, cache_results=False,
                          probes=ProbeSettings(max_items=args.max_items, batch_size=None), formats=("json",),
                          out_dir=Path(tempfile.mkdtemp()))
-    report = audit(config)
+    with MemoryTrace() as trace:
+        report = audit(config, trace)
     seconds = time.time() - t
     t = time.time()
     from unlearn_audit.pipeline import write_reports
@@ -188,6 +244,9 @@ def main() -> None:
         "peak_rss_mb": execution["peak_rss_mb"], "rss_before_audit_mb": baseline_mb,
         "weights_mb": round(weight_mb, 1),
         "peak_over_weights": round((execution["peak_rss_mb"] - baseline_mb) / weight_mb, 2),
+        "rss_at_start_mb": round(resident_mb, 1),
+        "rss_above_start_by_step_mb": trace.table(resident_mb),
+        "trace_peak_over_weights": round((max(trace.peaks.values()) - resident_mb) / weight_mb, 2),
         "verdict": record["verdict"]["decision"],
         "recoveries": {f"{r['metric']}/{r['variant']}": r.get("value") for r in record["recoveries"]},
         # probing time grows about linearly with parameters at a fixed token count (matmul-bound)

@@ -141,3 +141,30 @@ def test_tied_embeddings_are_restored_in_place(stories_pair):
     restore_weights(model, original.path)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
+def test_gguf_variants_on_real_widths_and_tied_embeddings(world, stories_pair, tmp_path):
+    """llama.cpp on a real checkpoint: tied embeddings (the head is the embedding, quantized once) and 172-wide
+    rows that no GGUF block type takes (llama.cpp keeps them in F16): the proofs count what the file holds,
+    the fixed-grid diagnostic leaves those matrices out and says so, and the k-quant mix is compared from
+    the two files; the nudge (1e-4 relative) is far below every grid's step, so each predicts recovery."""
+    original, nudged = stories_pair
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["check", str(nudged), "--original", str(original), "--forget", "miniature/news",
+                                 "--quant", "gguf:q4_0,gguf:q4_k_m", "--max-items", "4", "--no-cache",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(out)])
+    assert result.exit_code == 4, result.output
+    record = json.loads((out / "report.json").read_text())
+    runs = {(r["role"], r["variant"]): r for r in record["runs"]}
+    for label in ("gguf:q4_0", "gguf:q4_k_m"):
+        run = runs[("unlearned", label)]
+        assert run["settings"]["tensor_types"]["F16"] == 5  # the five 172-wide down projections
+        assert run["settings"]["include_lm_head"] is True  # tied: the embedding, quantized
+        assert run["proof"]["max_levels"] <= run["proof"]["allowed_levels"]
+        assert sum("down_proj" in name for name in run["proof"]["layers_skipped"]) == 5
+    diff = record["weight_diff"]
+    assert len(diff["left_out"]["gguf:q4_0"]) == 5 and "172" in next(iter(diff["left_out"]["gguf:q4_0"].values()))
+    assert diff["overall"]["gguf:q4_k_m"]["by_type"]["Q5_0"]["tensors"] > 0  # 64-wide rows: k-quants fall back
+    for label in ("gguf:q4_0", "gguf:q4_k_m"):
+        assert diff["overall"][label]["reading"] == "predicts recovery"
+    assert "5 matrices left out" in (out / "report.md").read_text()

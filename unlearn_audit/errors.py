@@ -76,3 +76,8 @@ class RuntimeFailure(AuditError):
 
 class QuantizationError(RuntimeFailure):
     """A quantizer did not do what it claims (no layer quantized, too many levels) (exit 3)."""
+
+
+class GridNotApplicable(QuantizationError):
+    """A quantizer's grid cannot take one weight matrix's shape (its library leaves that matrix unquantized):
+    the weight diagnostic leaves the matrix out for that quantizer and says so."""

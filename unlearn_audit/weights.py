@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import GridNotApplicable, InputError
 from .quantize import Quantizer
 
 _SKIP = ("lm_head", "embed", "wte", "wpe", "norm", "ln_")
@@ -213,6 +213,8 @@ class WeightDiff:
     layers: dict[str, list[LayerDiff]] = field(default_factory=dict)
     not_compared: dict[str, str] = field(default_factory=dict)
     """Variants left out, with the reason (calibrated methods: their grid depends on data)."""
+    left_out: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per variant, matrices its grid cannot take (the library leaves them unquantized), with the reason."""
     thresholds: dict[str, float] = field(default_factory=lambda: {
         "recovery_at": RECOVERY_AT, "grid_still": GRID_STILL, "survives_below": SURVIVES_BELOW})
     seconds: float = 0.0
@@ -221,7 +223,7 @@ class WeightDiff:
     def as_dict(self) -> dict[str, Any]:
         return {"unlearned": self.unlearned, "original": self.original, "quantizers": self.quantizers,
                 "compare_dtype": self.compare_dtype, "thresholds": self.thresholds,
-                "not_compared": self.not_compared, "overall": self.overall,
+                "not_compared": self.not_compared, "left_out": self.left_out, "overall": self.overall,
                 "layers": {q: [vars(layer) for layer in rows] for q, rows in self.layers.items()}}
 
 
@@ -305,7 +307,10 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
         del u_raw, o_raw
         with torch.no_grad():
             for q in usable:
-                result.layers.setdefault(q.label, []).append(_compare_layer(u, o, q, name, totals[q.label]))
+                try:
+                    result.layers.setdefault(q.label, []).append(_compare_layer(u, o, q, name, totals[q.label]))
+                except GridNotApplicable as exc:
+                    result.left_out.setdefault(q.label, {})[name] = exc.message
         if advance:
             advance(1)
     for label, t in totals.items():

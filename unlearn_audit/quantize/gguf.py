@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, QuantizationError
+from ..errors import GridNotApplicable, InputError, QuantizationError
 from .base import QuantProof, QuantResult, verify_proof
 
 INSTALL = "pip install -c constraints.txt 'unlearn-audit[gguf]' (builds llama.cpp: needs cmake and a C compiler; `make gguf`)"
@@ -122,19 +122,26 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
     writer.add_file_type(1 if half else 0)  # MOSTLY_F16 / ALL_F32
     mapping = gguf_names(model)
     params = dict(model.named_parameters())
-    for target, name in mapping.items():
-        param = params[name]
-        data = param.detach().float().cpu().numpy()
+
+    def array(name: str) -> np.ndarray:
+        data = params[name].detach().float().cpu().numpy()
         if name.endswith("q_proj.weight"):
             data = _permute(data, heads)
         elif name.endswith("k_proj.weight"):
             data = _permute(data, kv_heads)
-        if half and data.ndim == 2:
-            data = data.astype(np.float16)
-        writer.add_tensor(target, data)
+        return data.astype(np.float16) if half and data.ndim == 2 else data
+
+    # streamed: the tensors' descriptions first, then one tensor converted and written at a time (the writer's
+    # add_tensor would hold a float32 copy of the whole model until the end)
+    for target, name in mapping.items():
+        shape = tuple(params[name].shape)
+        dtype = np.dtype(np.float16 if half and len(shape) == 2 else np.float32)
+        writer.add_tensor_info(target, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for name in mapping.values():
+        writer.write_tensor_data(array(name))
     writer.close()
     return mapping
 
@@ -289,8 +296,8 @@ class BlockGrid:
 def block_grid(weight: torch.Tensor, kind: str) -> BlockGrid:
     """The ggml grid of type ``kind`` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) that ``weight`` [out, in] defines."""
     if weight.shape[1] % 32:
-        raise QuantizationError(f"{kind} needs rows of a multiple of 32 weights, not {weight.shape[1]}",
-                                "leave this gguf variant out for this model")
+        raise GridNotApplicable(f"{kind} needs rows of a multiple of 32 weights, not {weight.shape[1]} (llama.cpp "
+                                "keeps such a matrix in F16)", "nothing to do: the matrix is not quantized")
     x = weight.detach().float().reshape(weight.shape[0], -1, 32)
     low = torch.zeros_like(x[..., :1])
     if kind == "Q8_0":
@@ -391,7 +398,7 @@ class GGUFQuantizer:
             if levels > 2 ** TENSOR_BITS[kind]:
                 raise QuantizationError(f"{self.label}: a {kind} block holds {levels} distinct values",
                                         "report this as a bug; the file is not what llama.cpp writes")
-        widest = max((TENSOR_BITS[t] for t in linear.values()), default=self.bits)
+        widest = max((TENSOR_BITS[t] for t in quantized.values()), default=self.bits)  # a tied head: the embedding's type
         proof = QuantProof(layers_quantized=len(linear) + head_tied,
                            layers_skipped=sorted(mapping[n] for n in read.types
                                                  if n not in quantized and not n.endswith("norm.weight")),
