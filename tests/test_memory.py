@@ -142,3 +142,76 @@ def test_the_readme_peak_memory_formula_holds_when_measured():
     unchunked.pop("scoring")
     assert unchunked["grew"] > 2 * bound, unchunked
     assert score_chunk_rows(32000) == 524
+
+
+_LOAD = r"""
+import json, sys, torch
+from pathlib import Path
+from unlearn_audit.hub import resolve
+from unlearn_audit.models import load_model
+from transformers import AutoModelForCausalLM
+import transformers.models.llama.modeling_llama  # imported before the baseline in both modes
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+if sys.argv[2] == "widened":
+    model = load_model(resolve(sys.argv[1]), dtype="float32", tokenizer="none needed").model
+else:  # transformers converting while it loads
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+with open("/proc/self/status") as f:
+    peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+print(json.dumps({"grew": peak - before, "weights": sum(p.numel() * 4 for p in model.parameters()),
+                  "dtypes": sorted({str(p.dtype) for p in model.parameters()})}))
+"""
+
+
+def test_a_16_bit_checkpoint_loads_in_float32_at_the_weights_size(tmp_path):
+    """A bfloat16 checkpoint in a float32 run: transformers' own conversion holds the mapped file beside the
+    float32 weights (measured here as the control, > 1.4x); loaded as stored and widened tensor by tensor
+    it stays within 1.25x of the float32 weights (the issue's target: 1.3x)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "PYTHONPATH", "UNLEARN_AUDIT_HOME") if name in os.environ}
+    env.update({"MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**20), "HF_HUB_OFFLINE": "1"})
+    measured = {}
+    for mode in ("widened", "transformers"):
+        out = subprocess.run([sys.executable, "-c", _LOAD, str(tmp_path / "bf16"), mode], capture_output=True, text=True,
+                             check=True, env=env)
+        measured[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    for figures in measured.values():
+        assert figures["dtypes"] == ["torch.float32"]
+    weights = measured["widened"]["weights"]
+    assert measured["widened"]["grew"] <= 1.25 * weights, measured  # measured 1.19x (the largest tensor in flight)
+    assert measured["transformers"]["grew"] > 1.4 * weights, measured  # measured 1.54x
+
+
+def test_widened_loading_equals_loading_in_float32(world, tmp_path):
+    """The widened route gives exactly what transformers' float32 load gives: every parameter and buffer, and
+    the logits; a checkpoint already in float32, or mixing dtypes, takes the direct route."""
+    from transformers import AutoModelForCausalLM
+
+    from unlearn_audit.widen import stored_float_dtype, widen_route
+
+    source = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            (tmp_path / "bf16" / name).write_bytes((source / name).read_bytes())
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert widen_route(tmp_path / "bf16", config, "float32") == "bfloat16"
+    assert widen_route(tmp_path / "bf16", config, "bfloat16") is None
+    assert stored_float_dtype(source) == "float32" and widen_route(source, config, "float32") is None
+    mine = load_model(resolve(str(tmp_path / "bf16"))).model
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).eval()
+    for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b), name
+    for (name, a), (_, b) in zip(mine.named_buffers(), theirs.named_buffers(), strict=True):
+        assert torch.equal(a, b), name
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        assert torch.equal(mine(input_ids=ids).logits, theirs(input_ids=ids).logits)

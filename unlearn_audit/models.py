@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import InputError, RuntimeFailure, UnsafeModelError
 from .hub import ResolvedRepo
+from .widen import widen_in_place, widen_route
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -237,9 +238,15 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
                 extra["device_map"] = {"": device}
         if device_map is not None:
             extra["device_map"] = device_map
+        narrow = None  # a 16-bit checkpoint in a float32 run on CPU: loaded as stored, widened tensor by tensor
+        if (has_safetensors and quantization_config is None and device_map is None and device == "cpu"
+                and not trust_remote_code):
+            narrow = widen_route(repo.path, _config(repo.path), dtype)
         model = AutoModelForCausalLM.from_pretrained(
-            repo.path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            repo.path, dtype=getattr(torch, narrow) if narrow else torch_dtype, trust_remote_code=trust_remote_code,
             use_safetensors=True if has_safetensors else False, **extra)
+        if narrow:
+            widen_in_place(model, torch_dtype)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
             raise InputError(f"{repo.reference} is not a causal language model",
@@ -259,6 +266,13 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, repo=repo, dtype=dtype, device_map=device_map,
                        n_parameters=sum(p.numel() for p in model.parameters()))
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def check_same_tokenizer(ref_a: str, tokenizer_a: Any, ref_b: str, tokenizer_b: Any) -> None:

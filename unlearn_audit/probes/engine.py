@@ -88,6 +88,9 @@ class Engine:
     """How many times a batch ran out of memory and was split."""
     largest_batch: int = 0
     """The most items that went through the model at once."""
+    largest_tokens: int = 0
+    """The most tokens in flight at once (items × the batch's longest sequence, new tokens included): the ``N``
+    of :mod:`unlearn_audit.memory`'s formula."""
 
     def __post_init__(self) -> None:
         self.device = next(self.model.parameters()).device
@@ -101,7 +104,13 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What the record keeps of how this engine batched and scored."""
+        from ..memory import peak_bytes
+
+        params = list(self.model.parameters())
+        width = params[0].element_size() if params[0].is_floating_point() else 2
+        stated = peak_bytes(sum(p.numel() for p in params), self.model.config, width, self.largest_tokens)
         return {"batch_size": self.batch_size, "largest_batch": self.largest_batch, "token_budget": self.budget.tokens,
+                "largest_tokens": self.largest_tokens, "stated_peak_mb": round(stated / 2**20, 1),
                 "oom_splits": self.oom_splits,
                 "scoring": "chunked" if self.scoring is not None and self.scoring.verified is not False
                 else "full logits"}
@@ -115,6 +124,7 @@ class Engine:
             try:
                 run(batch)
                 self.largest_batch = max(self.largest_batch, len(batch))
+                self.largest_tokens = max(self.largest_tokens, len(batch) * (len(encoded[batch[0]]) + extra))
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
