@@ -128,3 +128,20 @@ class TokenBudget:
         self.items = max(1, min(self.items, half))
         if self.tokens is not None:
             self.tokens = max(1, min(self.tokens, half * longest))
+
+
+def release_freed() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc's ``malloc_trim``): after a model
+    is dropped, so the next one does not start on top of the last one's fragments (measured: a second model's
+    runs peaked 300-500 MB higher without it on a 1.17B model)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+

@@ -10,7 +10,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import gc
 import os
 import platform
 import shutil
@@ -32,6 +31,7 @@ from .hub import (METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fe
                   without_stale_weights)
 from .adapters import MergedAdapter, adapter_base, check_adapter_files, is_adapter, merge_adapter
 from .cache import CachedRun, ResultCache, default_dir, fingerprint_folder, home, texts_digest
+from .memory import release_freed
 from .models import (LoadedModel, check_files, check_same_tokenizer, describe_tokenizer, load_model, offloaded,
                      restorable, restore_weights)
 from .tokenization import TokenizerChoice, choose_tokenizers
@@ -578,7 +578,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
             if run is None:
                 if quantizer is not None and quantizer.stage != "weights" and loaded.model is not None:
                     loaded.model = None
-                    gc.collect()
+                    release_freed()
                 run = _compute_run(quantizer, role, repo, loaded, plan.data, plan.calibration, config, reporter,
                                    result.engine_stats, plan.scratch)
                 cache.store(keys[label], run)
@@ -597,7 +597,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
                                           items={m: [i.as_dict() for i in o.items] for m, o in run.probes.items()},
                                           seconds=run.seconds))
         del loaded
-        gc.collect()
+        release_freed()
     return result
 
 
