@@ -35,9 +35,9 @@ from .memory import release_freed
 from .models import (LoadedModel, check_files, check_same_tokenizer, describe_tokenizer, load_model, offloaded,
                      restorable, restore_weights)
 from .tokenization import TokenizerChoice, choose_tokenizers
-from .probes import muse
 from .probes.base import ProbeOutput
 from .probes.engine import ENGINES
+from .probes.registry import probes_for
 from .calibration import FORGET, CalibrationSet, calibration_set, shortfall
 from .published import PublishedCheckpoint, PublishedEntry, PublishedGGUF, find_published
 from .quantize import BnbQuantizer, Quantizer, parse_variants
@@ -114,9 +114,7 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant (``config.probes`` is the
     effective probe settings: the spec's ``chat_template`` already folded in)."""
     settings = config.probes
-    total = (len(data.verbmem_prompts) + len(data.knowmem_forget.questions) + len(data.knowmem_retain.questions)
-             + len(data.privleak_forget) + len(data.privleak_holdout) + len(data.holdout_prompts))
-    advance = reporter.task(title, total)
+    advance = reporter.task(title, sum(info.count(data) for info in probes_for(data)))
     extra: dict[str, Any] = {}
     if settings.engine == "vllm":  # vLLM loads the variant's weights from a folder
         from .probes.vllm_engine import VLLMSettings
@@ -136,22 +134,7 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
 
 def _probe_all(engine: Any, data: ForgetData, config: AuditConfig, advance: Any, truncated: dict[str, int],
                engine_stats: dict[str, Any] | None, title: str) -> dict[str, ProbeOutput]:
-    settings = config.probes
-    chat = settings.chat_template
-    stem = settings.rouge_stemmer
-    outputs = {
-        "verbmem_f": muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs,
-                                  settings.verbmem_max_new_tokens, advance, stemmer=stem),
-        "knowmem_f": muse.knowmem(engine, data.knowmem_forget, "knowmem_f", settings.knowmem_max_new_tokens,
-                                  advance, stemmer=stem, chat_template=chat),
-        "knowmem_r": muse.knowmem(engine, data.knowmem_retain, "knowmem_r", settings.knowmem_max_new_tokens,
-                                  advance, stemmer=stem, chat_template=chat),
-        "privleak": muse.privleak(engine, data.privleak_forget, data.privleak_holdout, settings.minkprob_k, advance,
-                                  at_least_one=settings.mink_at_least_one),
-    }
-    if data.holdout_prompts:  # the floor: the same probe on held-out text
-        outputs["verbmem_h"] = muse.verbmem(engine, data.holdout_prompts, data.holdout_refs,
-                                            settings.verbmem_max_new_tokens, advance, stemmer=stem, metric="verbmem_h")
+    outputs = {info.name: info.run(engine, data, config.probes, advance) for info in probes_for(data)}
     for key, count in engine.truncated.items():
         truncated[key] += count
     if engine_stats is not None:

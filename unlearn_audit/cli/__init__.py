@@ -1,6 +1,6 @@
 """The ``unlearn-audit`` command: a thin adapter from flags to the library API and exit codes.
 
-One module per group of commands (``audit``: check, demo, miniature; ``inspect``: diff, quantizers;
+One module per group of commands (``audit``: check, demo, miniature; ``inspect``: diff, quantizers, probes;
 ``records``: report, card, compare, schema; ``spec``); ``common`` holds the app, the option aliases and
 the one place where failures become a line and an exit code.
 """

@@ -99,3 +99,16 @@ def quantizers() -> None:
 
     for info in METHODS.values():
         out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {escape(info.summary)}\n  needs: {escape(info.needs)}")
+
+
+@app.command()
+def probes() -> None:
+    """List the probes an audit runs, in order, and the forget data each reads."""
+    from rich.markup import escape
+
+    from ..probes.registry import PROBES
+
+    for info in PROBES.values():
+        runs = "always" if info.required else "when its data is present"
+        out.print(f"[bold]{info.name}[/]  ({info.kind}, {runs})\n  {escape(info.summary)}\n"
+                  f"  reads: {', '.join(info.needs)}")

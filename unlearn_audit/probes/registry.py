@@ -1,0 +1,86 @@
+"""Probes behind one interface: a registry, as for quantizers and engines.
+
+Each registered probe names the metric its output carries, how its items combine (``mean`` of item scores or
+the ``auc`` of forget against holdout items), which fields of the forget data it reads, and how many items it
+will probe (for progress). An audit runs every registered probe whose data is present, in registration order.
+MUSE's probes are the ones registered today; ``tests/test_probe_contract.py`` runs the contract over every
+registered probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..data import ForgetData
+from . import muse
+from .base import ProbeOutput
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """A registered probe."""
+
+    name: str
+    """The metric its output carries (``ProbeOutput.metric``) and the record's key for it."""
+    kind: str
+    """``mean`` (mean item score × 100) or ``auc`` (AUC × 100 of forget against holdout items)."""
+    summary: str
+    needs: tuple[str, ...]
+    """The :class:`~unlearn_audit.data.ForgetData` fields it reads."""
+    count: Callable[[ForgetData], int]
+    """How many items it probes on ``data`` (an optional probe with none does not run)."""
+    run: Callable[[Any, ForgetData, Any, Any], ProbeOutput]
+    """``run(engine, data, probe_settings, advance)``."""
+    required: bool = True
+    """An audit needs it (its data missing is an error elsewhere); optional probes run when their data is there."""
+
+    def available(self, data: ForgetData) -> bool:
+        """Whether it runs on ``data``: a required probe always does, an optional one when it has items."""
+        return self.required or self.count(data) > 0
+
+
+def _verbmem_f(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+    return muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs, s.verbmem_max_new_tokens, advance,
+                        stemmer=s.rouge_stemmer)
+
+
+def _knowmem(metric: str) -> Callable[[Any, ForgetData, Any, Any], ProbeOutput]:
+    def run(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+        qa = data.knowmem_forget if metric == "knowmem_f" else data.knowmem_retain
+        return muse.knowmem(engine, qa, metric, s.knowmem_max_new_tokens, advance, stemmer=s.rouge_stemmer,
+                            chat_template=s.chat_template)
+    return run
+
+
+def _privleak(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+    return muse.privleak(engine, data.privleak_forget, data.privleak_holdout, s.minkprob_k, advance,
+                         at_least_one=s.mink_at_least_one)
+
+
+def _verbmem_h(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+    return muse.verbmem(engine, data.holdout_prompts, data.holdout_refs, s.verbmem_max_new_tokens, advance,
+                        stemmer=s.rouge_stemmer, metric="verbmem_h")
+
+
+PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
+    ProbeInfo("verbmem_f", "mean", "MUSE VerbMem: greedy continuation of each forget prompt, ROUGE-L F1 against the "
+              "reference's first 128 tokens", ("verbmem_prompts", "verbmem_refs"),
+              lambda d: len(d.verbmem_prompts), _verbmem_f),
+    ProbeInfo("knowmem_f", "mean", "MUSE KnowMem on the forget QA: few-shot question, greedy answer cut at the stops, "
+              "ROUGE-L F1", ("knowmem_forget",), lambda d: len(d.knowmem_forget.questions), _knowmem("knowmem_f")),
+    ProbeInfo("knowmem_r", "mean", "MUSE KnowMem on the retain QA (utility)", ("knowmem_retain",),
+              lambda d: len(d.knowmem_retain.questions), _knowmem("knowmem_r")),
+    ProbeInfo("privleak", "auc", "MUSE PrivLeak: Min-K% (k=0.4) of forget and holdout texts, AUC; Min-K%++, zlib and "
+              "loss beside it", ("privleak_forget", "privleak_holdout"),
+              lambda d: len(d.privleak_forget) + len(d.privleak_holdout), _privleak),
+    ProbeInfo("verbmem_h", "mean", "VerbMem on held-out text the models never saw: the floor VerbMem must beat",
+              ("holdout_prompts", "holdout_refs"), lambda d: len(d.holdout_prompts), _verbmem_h, required=False),
+)}
+"""Every probe, in the order an audit runs them."""
+
+
+def probes_for(data: ForgetData) -> list[ProbeInfo]:
+    """The registered probes ``data`` can feed, in order."""
+    return [info for info in PROBES.values() if info.available(data)]
