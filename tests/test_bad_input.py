@@ -65,7 +65,8 @@ DATASET_CASES = {
     "missing split": (_drop("privleak/holdout-00000-of-00001.parquet"), "has no split 'holdout' (it has: forget, retain)"),
     "empty split": (_rewrite(VERBMEM, {"prompt": pa.array([], pa.string()), "gt": pa.array([], pa.string())}),
                     "verbmem/forget is empty"),
-    "missing column": (_rewrite(VERBMEM, {"prompt": ["a"], "text": ["b"]}), "lacks column(s) gt"),
+    "missing column": (_rewrite(VERBMEM, {"prompt": ["a"], "text": ["b"]}),
+                       "verbmem needs column 'gt' in verbmem/forget, which has: prompt, text"),
 }
 
 
@@ -105,6 +106,25 @@ def test_bad_usage(world, tmp_path, case):
 def test_malformed_spec(world, tmp_path):
     args = ["check", "miniature/fragile", "--spec", _spec(tmp_path, "dataset: [unclosed\n")]
     _assert_one_line_error(_invoke(world, args, tmp_path / "o"), 2, "is not valid YAML", tmp_path / "o")
+
+
+def test_a_spec_column_the_data_lacks_is_one_line_before_any_model(world, tmp_path):
+    """The spec maps a probe's column to one the data does not have: one line naming the spec section (the
+    probe), the column and the fix, exit 2, before any model is loaded."""
+    data = _copy_repo(world, "miniature/news", tmp_path / "data", kind="dataset")
+    spec = _spec(tmp_path, f"dataset: {data}\noriginal: miniature/original\n"
+                           "knowmem_forget: {split: forget_qa, icl_split: forget_qa_icl, columns: {answer: reply}}\n")
+    result = _invoke(world, ["check", "miniature/fragile", "--spec", spec], tmp_path / "o")
+    _assert_one_line_error(result, 2, "knowmem_forget needs column 'answer' (mapped to 'reply') in knowmem/forget_qa",
+                           tmp_path / "o")
+    assert "knowmem_forget: {columns: {answer: <one of those>}}" in result.output
+    assert "loading" not in result.output
+
+
+def test_a_spec_column_role_no_probe_reads_is_refused(world, tmp_path):
+    spec = _spec(tmp_path, "dataset: x\nverbmem: {columns: {answer: reply}}\n")
+    result = _invoke(world, ["check", "miniature/fragile", "--spec", spec], tmp_path / "o")
+    _assert_one_line_error(result, 2, "unknown column role 'answer' (this probe reads prompt, gt)", tmp_path / "o")
 
 
 def test_spec_with_unknown_key(world, tmp_path):

@@ -71,3 +71,41 @@ def test_identical_content_gets_identical_commit(tmp_path: Path):
     files = {"a.json": b"1", "b.parquet": b"22"}
     assert write_cached_repo(tmp_path / "x", "o/n", files) == write_cached_repo(tmp_path / "y", "o/n", files)
     assert write_cached_repo(tmp_path / "z", "o/n", {**files, "a.json": b"2"}) != write_cached_repo(tmp_path / "y", "o/n", files)
+
+
+def test_spec_column_mappings_and_json_layouts_read_the_same_data(world, tmp_path):
+    """The same forget set in other layouts the Hub uses — a split as JSON Lines with its own column names, a
+    split as a JSON list, files at the repo root — read through the spec's config and ``columns`` gives exactly
+    the data MUSE's parquet layout gives."""
+    import json as _json
+    import shutil as _shutil
+
+    import pyarrow.parquet as pq
+
+    from unlearn_audit.data import dataset_patterns, load_forget_data
+    from unlearn_audit.hub import resolve as _resolve
+    from unlearn_audit.spec import parse_spec, spec_for_dataset
+
+    source = _resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
+    folder = tmp_path / "data"
+    _shutil.copytree(source, folder)
+    verbmem = pq.read_table(next((folder / "verbmem").glob("forget-*.parquet"))).to_pylist()
+    for f in (folder / "verbmem").glob("forget-*.parquet"):
+        f.unlink()
+    (folder / "verbmem" / "forget.jsonl").write_text(
+        "\n".join(_json.dumps({"context": r["prompt"], "continuation": r["gt"]}) for r in verbmem))
+    privleak = folder / "privleak"
+    for split in ("forget", "holdout"):
+        rows = [r for f in sorted(privleak.glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
+        for f in privleak.glob(f"{split}-*.parquet"):
+            f.unlink()
+        (folder / f"mia_{split}.json").write_text(_json.dumps([{"passage": r["text"]} for r in rows]))
+    spec = parse_spec({"dataset": str(folder), "verbmem": {"columns": {"prompt": "context", "gt": "continuation"}},
+                       "privleak": {"config": ".", "forget_split": "mia_forget", "holdout_split": "mia_holdout",
+                                    "columns": {"text": "passage"}},
+                       "holdout": {"config": ".", "split": "mia_holdout", "columns": {"text": "passage"}}}, "test")
+    mine = load_forget_data(folder, spec, max_items=5)
+    muse = load_forget_data(source, spec_for_dataset(str(source)), max_items=5)
+    assert mine == muse
+    patterns = dataset_patterns(spec)
+    assert "verbmem/*.jsonl" in patterns and "mia_forget.json" in patterns and "mia_holdout.json" in patterns

@@ -14,31 +14,41 @@ OLD_SPLIT_NAMES = {"retain_qa": "retain2_qa", "retain_qa_icl": "retain2_qa_icl",
 
 
 def read_split(folder: Path, config: str, split: str, columns: list[str],
-               max_items: int | None = None) -> dict[str, list[str]]:
-    """The ``columns`` of one split as lists of strings."""
-    import pyarrow.parquet as pq
-
+               max_items: int | None = None, *, mapping: dict[str, str] | None = None,
+               section: str | None = None) -> dict[str, list[str]]:
+    """The ``columns`` of one split as lists of strings, keyed by the role names in ``columns``; ``mapping``
+    gives the dataset's column for a role (the spec's ``columns``), ``section`` the spec section (and probe)
+    that reads them, for the error message."""
+    mapping = mapping or {}
     files = _split_files(folder, config, split)
     if not files:
         alt = OLD_SPLIT_NAMES.get(split)
         files = _split_files(folder, config, alt) if alt else []
     if not files:
-        available = sorted({p.name.split("-")[0] for p in (folder / config).glob("*.parquet")})
+        base = folder if config in ("", ".") else folder / config
+        available = sorted({p.name.split("-")[0].split(".")[0] for p in base.glob("*")
+                            if p.suffix in (".parquet", ".jsonl", ".json")})
         if not available:
             raise InputError(f"dataset {folder.name} has no config '{config}'",
-                             "check the dataset layout (<config>/<split>-*.parquet) or the spec's config names")
+                             "check the dataset layout (<config>/<split>-*.parquet, <config>/<split>.jsonl, or config "
+                             "'.' for files at the root) or the spec's config names")
         raise InputError(f"dataset config '{config}' has no split '{split}' (it has: {', '.join(available)})",
                          "fix the split name in the spec")
-    tables = [pq.read_table(f) for f in files]
-    names = tables[0].column_names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise InputError(f"{config}/{split} lacks column(s) {', '.join(missing)} (it has: {', '.join(names)})",
-                         "use a dataset in MUSE's layout")
+    rows = [_read_file(f) for f in files]
+    names = rows[0][1]
+    wanted = [mapping.get(c, c) for c in columns]
+    for role, column in zip(columns, wanted):
+        if column not in names:
+            mapped = f" (mapped to '{column}')" if column != role else ""
+            where = f"{section} " if section else ""
+            fix = (f"map it in the spec: {section}: {{columns: {{{role}: <one of those>}}}}" if section
+                   else "use a dataset in MUSE's layout")
+            raise InputError(f"{where}needs column '{role}'{mapped} in {config}/{split}, which has: {', '.join(names)}",
+                             fix)
     out: dict[str, list[str]] = {c: [] for c in columns}
-    for table in tables:
-        for c in columns:
-            out[c].extend("" if v is None else str(v) for v in table.column(c).to_pylist())
+    for table, _ in rows:
+        for role, column in zip(columns, wanted):
+            out[role].extend("" if v is None else str(v) for v in table[column])
     if not out[columns[0]]:
         raise InputError(f"{config}/{split} is empty", "the forget-set split must hold at least one row")
     if max_items is not None:
@@ -47,7 +57,32 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
 
 
 def _split_files(folder: Path, config: str, split: str) -> list[Path]:
-    return sorted((folder / config).glob(f"{split}-*.parquet")) + sorted((folder / config).glob(f"{split}.parquet"))
+    base = folder if config in ("", ".") else folder / config
+    return (sorted(base.glob(f"{split}-*.parquet")) + sorted(base.glob(f"{split}.parquet"))
+            + sorted(base.glob(f"{split}.jsonl")) + sorted(base.glob(f"{split}.json")))
+
+
+def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
+    """A parquet, JSON Lines or JSON (a list of objects) file as columns, and its column names in order."""
+    import json
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return {name: table.column(name).to_pylist() for name in table.column_names}, table.column_names
+    try:
+        text = path.read_text(encoding="utf-8")
+        records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
+                   else json.loads(text))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path.name}: {exc}", "fix or re-download the dataset file") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InputError(f"{path.name} is not a list of records", "give one JSON object per row")
+    names: list[str] = []
+    for record in records:
+        names += [k for k in record if k not in names]
+    return {name: [r.get(name) for r in records] for name in names}, names
 
 
 @dataclass(frozen=True)
@@ -96,22 +131,39 @@ def dataset_patterns(spec: ForgetSpec) -> list[str]:
     """The files of a dataset repo an audit reads: only the configs the spec names, and the card."""
     configs = sorted({spec.verbmem.config, spec.knowmem_forget.config, spec.knowmem_retain.config,
                       spec.privleak.config, spec.holdout.config})
-    return ["README.md", "*.yaml"] + [f"{c}/*.parquet" for c in configs]
+    patterns = ["README.md", "*.yaml"]
+    for c in configs:
+        if c in ("", "."):  # files at the root: only the named splits'
+            splits = {spec.verbmem.split, spec.knowmem_forget.split, spec.knowmem_forget.icl_split,
+                      spec.knowmem_retain.split, spec.knowmem_retain.icl_split, spec.privleak.forget_split,
+                      spec.privleak.holdout_split, spec.holdout.split}
+            patterns += [f"{s}{ext}" for s in sorted(splits) for ext in ("-*.parquet", ".parquet", ".jsonl", ".json")]
+        else:
+            patterns += [f"{c}/*.parquet", f"{c}/*.jsonl", f"{c}/*.json"]
+    return patterns
 
 
 def load_forget_data(folder: Path, spec: ForgetSpec, max_items: int | None = None) -> ForgetData:
-    vm = read_split(folder, spec.verbmem.config, spec.verbmem.split, ["prompt", "gt"], max_items)
+    """Every probe's data, read before any model loads (a column a probe needs and the data lacks is one line
+    naming the spec section, the column and the fix)."""
+    vm = read_split(folder, spec.verbmem.config, spec.verbmem.split, ["prompt", "gt"], max_items,
+                    mapping=spec.verbmem.columns, section="verbmem")
 
-    def qa(s) -> QASet:  # noqa: ANN001
-        items = read_split(folder, s.config, s.split, ["question", "answer"], max_items)
-        icl = read_split(folder, s.config, s.icl_split, ["question", "answer"])
+    def qa(s, section: str) -> QASet:  # noqa: ANN001
+        items = read_split(folder, s.config, s.split, ["question", "answer"], max_items, mapping=s.columns,
+                           section=section)
+        icl = read_split(folder, s.config, s.icl_split, ["question", "answer"], mapping=s.columns, section=section)
         return QASet(items["question"], items["answer"], icl["question"], icl["answer"])
 
     pl = spec.privleak
-    forget = read_split(folder, pl.config, pl.forget_split, ["text"], max_items)["text"]
-    holdout = read_split(folder, pl.config, pl.holdout_split, ["text"], max_items)["text"]
-    floor = read_split(folder, spec.holdout.config, spec.holdout.split, ["text"], max_items)["text"]
-    return ForgetData(vm["prompt"], vm["gt"], qa(spec.knowmem_forget), qa(spec.knowmem_retain), forget, holdout,
+    forget = read_split(folder, pl.config, pl.forget_split, ["text"], max_items, mapping=pl.columns,
+                        section="privleak")["text"]
+    holdout = read_split(folder, pl.config, pl.holdout_split, ["text"], max_items, mapping=pl.columns,
+                         section="privleak")["text"]
+    floor = read_split(folder, spec.holdout.config, spec.holdout.split, ["text"], max_items,
+                       mapping=spec.holdout.columns, section="holdout")["text"]
+    return ForgetData(vm["prompt"], vm["gt"], qa(spec.knowmem_forget, "knowmem_forget"),
+                      qa(spec.knowmem_retain, "knowmem_retain"), forget, holdout,
                       holdout_texts=floor)
 
 

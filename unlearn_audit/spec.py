@@ -23,11 +23,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_columns(columns: dict[str, str], known: tuple[str, ...]) -> dict[str, str]:
+    unknown = [key for key in columns if key not in known]
+    if unknown:
+        raise ValueError(f"unknown column role '{unknown[0]}' (this probe reads {', '.join(known)})")
+    return columns
+
+
 class VerbMemSpec(_Strict):
-    """Where the VerbMem items live: columns ``prompt`` and ``gt``."""
+    """Where the VerbMem items live: columns ``prompt`` and ``gt`` (``columns`` maps them to the dataset's)."""
 
     config: str = "verbmem"
     split: str = "forget"
+    columns: dict[str, str] = Field(default_factory=dict)
+    """The dataset's column for each role this probe reads, where it is not named like MUSE's."""
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_columns(v, ("prompt", "gt"))
 
 
 class KnowMemSpec(_Strict):
@@ -36,6 +50,12 @@ class KnowMemSpec(_Strict):
     config: str = "knowmem"
     split: str
     icl_split: str
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_columns(v, ("question", "answer"))
 
 
 class PrivLeakSpec(_Strict):
@@ -49,6 +69,12 @@ class PrivLeakSpec(_Strict):
     """Published AUC of a retrained model (MUSE's constants); used only when no retrain model is named."""
     reference_auc_dtype: str | None = None
     """The dtype the published AUC was measured in (MUSE: bfloat16), recorded beside it."""
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_columns(v, ("text",))
 
 
 class HoldoutSpec(_Strict):
@@ -57,6 +83,12 @@ class HoldoutSpec(_Strict):
 
     config: str = "privleak"
     split: str = "holdout"
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_columns(v, ("text",))
 
 
 class ForgetSpec(_Strict):
@@ -65,7 +97,9 @@ class ForgetSpec(_Strict):
     spec_version: int = SPEC_VERSION
     name: str = "forget-set"
     dataset: str
-    """Dataset repo id on the Hub, or a local folder, in MUSE's parquet layout."""
+    """Dataset repo id on the Hub, or a local folder: each split a file ``<config>/<split>-*.parquet`` (MUSE's
+    layout), ``<config>/<split>.parquet``, ``<config>/<split>.jsonl`` or ``<config>/<split>.json``; config
+    ``.`` for files at the repo's root."""
     dataset_revision: str | None = None
     original: str | None = None
     """The original (pre-unlearning) model; default: the audited model card's ``base_model``."""
