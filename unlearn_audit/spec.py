@@ -198,7 +198,7 @@ def spec_template(dataset: str, original: str | None = None, retrain: str | None
 # Put it in your model repo as {SPEC_FILENAME}; check it with `unlearn-audit spec validate`.
 spec_version: {SPEC_VERSION}
 name: {spec.name}
-dataset: {spec.dataset}            # Hub dataset id or folder, MUSE layout: <config>/<split>-*.parquet
+dataset: {spec.dataset}            # Hub dataset id or folder: <config>/<split>-*.parquet (MUSE), .jsonl or .json
 dataset_revision: null             # pin a branch, tag or commit
 original: {spec.original or "null"}            # the model this one was unlearned from (default: the card's base_model)
 original_revision: null
@@ -209,6 +209,7 @@ holdout: {{config: privleak, split: holdout}}   # held-out texts: the floor Verb
 tokenizer: null                    # tokenizer repo for models that ship none (MUSE: meta-llama/Llama-2-7b-hf)
 chat_template: false               # apply the tokenizer's chat template to KnowMem questions (instruct models)
 verbmem: {{config: verbmem, split: forget}}                                       # columns prompt, gt
+# any section takes columns: {{role: your_column}} when yours are named otherwise, e.g. columns: {{gt: continuation}}
 knowmem_forget: {{config: knowmem, split: forget_qa, icl_split: forget_qa_icl}}   # columns question, answer
 knowmem_retain: {{config: knowmem, split: retain_qa, icl_split: retain_qa_icl}}
 privleak: {{config: privleak, forget_split: forget, holdout_split: holdout, retain_split: retain, reference_auc: null}}
