@@ -207,3 +207,18 @@ def test_calibration_from_a_hub_dataset(tmp_path):
         calibration_set("calib/wiki:raw-v1:validation", resolve_dataset=resolver)
     with pytest.raises(UsageError, match="not org/name"):
         calibration_set("calib/wiki:a:b:c:d", resolve_dataset=resolver)
+
+
+def test_importing_gptqmodel_leaves_the_users_hub_settings_alone(tmp_path):
+    """GPT-QModel's import points HF_HOME and HF_HUB_CACHE at /tmp for the whole process; the tool puts the
+    user's settings back (checked in a fresh process, where the import really happens)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from unlearn_audit.quantize.calibrated import _gptqmodel; _gptqmodel(); "
+            "print(os.environ.get('HF_HOME'), os.environ.get('HF_HUB_CACHE'), os.environ.get('HF_MODULES_CACHE'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == f"None {tmp_path / 'mine'} None"

@@ -215,3 +215,19 @@ def test_widened_loading_equals_loading_in_float32(world, tmp_path):
     ids = torch.tensor([[1, 5, 9, 42, 7]])
     with torch.no_grad():
         assert torch.equal(mine(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+def test_the_recorded_peak_is_this_process_not_its_parent():
+    """A process started by a large one (a Python harness running the CLI) records its own peak: ru_maxrss would
+    carry the parent's 400 MB across exec."""
+    import resource
+
+    ballast = bytearray(400 * 2**20)  # resident in this (parent) process
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    code = "from unlearn_audit.resources import peak_rss_mb; import resource; " \
+           "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    recorded, inherited = (float(x) for x in out.stdout.split())
+    assert recorded < 300, recorded
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > 400 and inherited > 400  # what it avoids
+    del ballast

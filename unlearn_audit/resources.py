@@ -7,7 +7,16 @@ import sys
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, in MiB: VmHWM on Linux (ru_maxrss carries the size of a
+    large process that started this one, e.g. a Python harness running the CLI, across exec), else
+    ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

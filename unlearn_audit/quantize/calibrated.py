@@ -44,6 +44,9 @@ def _gptqmodel():  # noqa: ANN202
         logging.getLogger(name).setLevel(logging.ERROR)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # its tokenizer helper (tokenicer) points HF_HOME, HF_HUB_CACHE and HF_MODULES_CACHE at /tmp on import, for
+    # the whole process: the user's Hub cache settings are put back
+    hub_settings = {k: v for k, v in os.environ.items() if k.startswith("HF_")}
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints a banner on import
             warnings.simplefilter("ignore")
@@ -52,6 +55,9 @@ def _gptqmodel():  # noqa: ANN202
         raise InputError("the gptq and awq quantizers need GPT-QModel", f"run {INSTALL}") from None
     finally:
         root.handlers[:], root.level = handlers, level
+        for key in [k for k in os.environ if k.startswith("HF_") and k not in hub_settings]:
+            del os.environ[key]
+        os.environ.update(hub_settings)
     return gptqmodel
 
 
