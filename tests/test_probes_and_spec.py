@@ -75,7 +75,7 @@ def test_identical_content_gets_identical_commit(tmp_path: Path):
 
 def test_spec_column_mappings_and_json_layouts_read_the_same_data(world, tmp_path):
     """The same forget set in other layouts the Hub uses — a split as JSON Lines with its own column names, a
-    split as a JSON list, files at the repo root — read through the spec's config and ``columns`` gives exactly
+    split as a JSON list, JSON Lines named .json, files at the repo root — read through the spec's config and ``columns`` gives exactly
     the data MUSE's parquet layout gives."""
     import json as _json
     import shutil as _shutil
@@ -99,7 +99,9 @@ def test_spec_column_mappings_and_json_layouts_read_the_same_data(world, tmp_pat
         rows = [r for f in sorted(privleak.glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
         for f in privleak.glob(f"{split}-*.parquet"):
             f.unlink()
-        (folder / f"mia_{split}.json").write_text(_json.dumps([{"passage": r["text"]} for r in rows]))
+        records = [{"passage": r["text"]} for r in rows]
+        (folder / f"mia_{split}.json").write_text(  # a JSON list; and JSON Lines under a .json name, as TOFU's files
+            _json.dumps(records) if split == "forget" else "\n".join(_json.dumps(r) for r in records))
     spec = parse_spec({"dataset": str(folder), "verbmem": {"columns": {"prompt": "context", "gt": "continuation"}},
                        "privleak": {"config": ".", "forget_split": "mia_forget", "holdout_split": "mia_holdout",
                                     "columns": {"text": "passage"}},

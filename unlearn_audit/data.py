@@ -63,7 +63,8 @@ def _split_files(folder: Path, config: str, split: str) -> list[Path]:
 
 
 def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
-    """A parquet, JSON Lines or JSON (a list of objects) file as columns, and its column names in order."""
+    """A parquet, JSON Lines or JSON (a list of objects, or JSON Lines under a .json name) file as columns, and
+    its column names in order."""
     import json
 
     if path.suffix == ".parquet":
@@ -71,10 +72,18 @@ def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
 
         table = pq.read_table(path)
         return {name: table.column(name).to_pylist() for name in table.column_names}, table.column_names
+    def lines(text: str) -> list[Any]:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
     try:
         text = path.read_text(encoding="utf-8")
-        records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
-                   else json.loads(text))
+        if path.suffix == ".jsonl":
+            records = lines(text)
+        else:
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError:  # JSON Lines named .json (TOFU's files; the Hub's JSON loader reads both)
+                records = lines(text)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path.name}: {exc}", "fix or re-download the dataset file") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
