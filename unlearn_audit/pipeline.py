@@ -189,7 +189,7 @@ def _compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, loa
     truncated = {"generate": 0, "score": 0}
     source = repo.path
     if config.probes.engine == "vllm" and quantizer is not None:  # vLLM serves the variant from a folder
-        source = saved_checkpoint(scratch, role, label)
+        source = saved_checkpoint(scratch / "served", role, label)  # apart from the checkpoints kept to compare
         model.save_pretrained(source)
     try:
         with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
