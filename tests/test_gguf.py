@@ -275,3 +275,39 @@ def test_published_needs_a_hub_model(tmp_path, world):
     result = CliRunner().invoke(app, ["check", str(tmp_path), "--published", "--cache-dir", str(world.hub_cache),
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
+
+
+def test_a_variant_served_from_a_folder_keeps_the_gguf_files_to_compare(world, tmp_path, monkeypatch):
+    """``--engine vllm`` serves each variant from a folder the audit writes; with a k-quant variant, the GGUF files
+    kept for the diagnostic live beside it and survive it. vLLM itself is stood in for by an engine that loads the
+    served folder with transformers (the vLLM tests run the real one): its figures equal the in-memory run's."""
+    from unlearn_audit.probes import engine as engines
+    from unlearn_audit.probes.engine import Engine
+
+    served: list[Path] = []
+
+    class FolderEngine(Engine):
+        def __init__(self, model, tokenizer, source=None, dtype=None, settings=None, **kwargs):  # noqa: ANN001
+            from transformers import AutoModelForCausalLM
+
+            served.append(source)
+            assert (source / "config.json").is_file()
+            super().__init__(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval(), tokenizer,
+                             **kwargs)
+
+    monkeypatch.setattr("unlearn_audit.probes.vllm_engine.require_vllm", lambda: None)
+    monkeypatch.setitem(engines.ENGINES, "vllm", FolderEngine)
+    records = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "gguf:q4_k_m", "--engine", engine,
+                                          "--max-items", "3", "--min-items", "1", "--no-cache", "--cache-dir",
+                                          str(world.hub_cache), "--out", str(out), "--scratch", str(tmp_path / "s")])
+        assert result.exit_code in (0, 1, 4), result.output
+        records[engine] = json.loads((out / "report.json").read_text())
+    assert any("gguf_q4_k_m" in str(folder) for folder in served)
+    compared = records["vllm"]["weight_diff"]["overall"]["gguf:q4_k_m"]
+    assert compared == records["hf"]["weight_diff"]["overall"]["gguf:q4_k_m"] and "by_type" in compared
+    scores = {engine: [(r["role"], r["variant"], r["metrics"]) for r in record["runs"]]
+              for engine, record in records.items()}
+    assert scores["vllm"] == scores["hf"]
