@@ -37,8 +37,8 @@ def test_weights_are_fetched_last_and_only_top_level(world, calls, tmp_path):
     assert [c["repo"] for c in metadata] == ["miniature/fragile", "miniature/original", "miniature/retrain"]
     assert all(c["ignore"] == SUBFOLDERS for c in metadata)  # no checkpoint-*/ subfolders
     dataset = [c for c in calls if c["type"] == "dataset"]
-    assert dataset and dataset[0]["allow"] == ["README.md", "*.yaml", "knowmem/*.parquet", "privleak/*.parquet",
-                                               "verbmem/*.parquet"]  # only the configs the spec names
+    assert dataset and dataset[0]["allow"] == ["README.md", "*.yaml"] + [  # only the configs the spec names
+        f"{config}/*.{ext}" for config in ("knowmem", "privleak", "verbmem") for ext in ("parquet", "jsonl", "json")]
     weights = [i for i, c in enumerate(calls) if c["allow"] == ["*.safetensors"]]
     assert [calls[i]["repo"] for i in weights] == ["miniature/fragile", "miniature/original", "miniature/retrain"]
     assert min(weights) > max(i for i, c in enumerate(calls) if c["allow"] != ["*.safetensors"]), phases
