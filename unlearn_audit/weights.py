@@ -379,6 +379,7 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
     import json
 
     import numpy as np
+    from safetensors import safe_open
 
     from .quantize.ggml_blocks import LAYOUT, unpack
     from .quantize.gguf import _gguf, _permute
@@ -401,8 +402,11 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
             differing += 1
             continue
         codes_u, codes_o = unpack(tensor_u.data, kind), unpack(tensor_o.data, kind)
-        dtype = compare_dtype(*_stored_dtypes(u_index[param], o_index[param], param), getattr(torch, meta["dtype"]))
-        u, o = load_tensor(u_index[param], param, dtype).numpy(), load_tensor(o_index[param], param, dtype).numpy()
+        with safe_open(str(u_index[param]), framework="pt") as hu, safe_open(str(o_index[param]), framework="pt") as ho:
+            u_raw, o_raw = hu.get_tensor(param), ho.get_tensor(param)
+        dtype = compare_dtype(u_raw.dtype, o_raw.dtype, getattr(torch, meta["dtype"]))  # as weight_diff compares
+        u, o = u_raw.to(dtype).float().numpy(), o_raw.to(dtype).float().numpy()
+        del u_raw, o_raw
         if param.endswith(("q_proj.weight", "k_proj.weight")):  # the file's row order (llama.cpp's RoPE layout)
             heads = meta["heads"] if param.endswith("q_proj.weight") else meta["kv_heads"]
             u, o = _permute(u, heads), _permute(o, heads)
@@ -433,14 +437,3 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
     if differing:
         overall["tensors_of_different_types"] = differing
     return overall
-
-
-def _stored_dtypes(path_u: Path, path_o: Path, name: str) -> tuple[torch.dtype, torch.dtype]:
-    from safetensors import safe_open
-
-    stored = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-    dtypes = []
-    for path in (path_u, path_o):
-        with safe_open(str(path), framework="pt") as handle:
-            dtypes.append(stored.get(handle.get_slice(name).get_dtype(), torch.float32))
-    return dtypes[0], dtypes[1]
