@@ -25,8 +25,7 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
         alt = OLD_SPLIT_NAMES.get(split)
         files = _split_files(folder, config, alt) if alt else []
     if not files:
-        base = folder if config in ("", ".") else folder / config
-        available = sorted({p.name.split("-")[0].split(".")[0] for p in base.glob("*")
+        available = sorted({p.name.split("-")[0].split(".")[0] for p in _config_dir(folder, config).glob("*")
                             if p.suffix in (".parquet", ".jsonl", ".json")})
         if not available:
             raise InputError(f"dataset {folder.name} has no config '{config}'",
@@ -56,8 +55,13 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
     return out
 
 
+def _config_dir(folder: Path, config: str) -> Path:
+    """Where a config's files lie: its folder, or the repo's root for config ``.``."""
+    return folder if config in ("", ".") else folder / config
+
+
 def _split_files(folder: Path, config: str, split: str) -> list[Path]:
-    base = folder if config in ("", ".") else folder / config
+    base = _config_dir(folder, config)
     return (sorted(base.glob(f"{split}-*.parquet")) + sorted(base.glob(f"{split}.parquet"))
             + sorted(base.glob(f"{split}.jsonl")) + sorted(base.glob(f"{split}.json")))
 

@@ -8,7 +8,7 @@ dataset. Unknown keys are errors, never silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,44 +23,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_columns(columns: dict[str, str], known: tuple[str, ...]) -> dict[str, str]:
-    unknown = [key for key in columns if key not in known]
-    if unknown:
-        raise ValueError(f"unknown column role '{unknown[0]}' (this probe reads {', '.join(known)})")
-    return columns
+class _Probed(_Strict):
+    """A section some probe reads: ``columns`` maps the roles it reads (``ROLES``, MUSE's column names) to the
+    dataset's columns where they are named otherwise."""
 
-
-class VerbMemSpec(_Strict):
-    """Where the VerbMem items live: columns ``prompt`` and ``gt`` (``columns`` maps them to the dataset's)."""
-
-    config: str = "verbmem"
-    split: str = "forget"
+    ROLES: ClassVar[tuple[str, ...]] = ()
     columns: dict[str, str] = Field(default_factory=dict)
-    """The dataset's column for each role this probe reads, where it is not named like MUSE's."""
 
     @field_validator("columns")
     @classmethod
     def _columns(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_columns(v, ("prompt", "gt"))
+        unknown = [key for key in v if key not in cls.ROLES]
+        if unknown:
+            raise ValueError(f"unknown column role '{unknown[0]}' (this probe reads {', '.join(cls.ROLES)})")
+        return v
 
 
-class KnowMemSpec(_Strict):
+class VerbMemSpec(_Probed):
+    """Where the VerbMem items live: columns ``prompt`` and ``gt`` (``columns`` maps them to the dataset's)."""
+
+    ROLES = ("prompt", "gt")
+    config: str = "verbmem"
+    split: str = "forget"
+
+
+class KnowMemSpec(_Probed):
     """Where one KnowMem set lives: columns ``question`` and ``answer``; ICL pairs from ``icl_split``."""
 
+    ROLES = ("question", "answer")
     config: str = "knowmem"
     split: str
     icl_split: str
-    columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_columns(v, ("question", "answer"))
 
 
-class PrivLeakSpec(_Strict):
+class PrivLeakSpec(_Probed):
     """Where the PrivLeak texts live (column ``text``) and what the AUC is normalised against."""
 
+    ROLES = ("text",)
     config: str = "privleak"
     forget_split: str = "forget"
     holdout_split: str = "holdout"
@@ -69,26 +68,15 @@ class PrivLeakSpec(_Strict):
     """Published AUC of a retrained model (MUSE's constants); used only when no retrain model is named."""
     reference_auc_dtype: str | None = None
     """The dtype the published AUC was measured in (MUSE: bfloat16), recorded beside it."""
-    columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_columns(v, ("text",))
 
 
-class HoldoutSpec(_Strict):
+class HoldoutSpec(_Probed):
     """Held-out text (column ``text``) the models never saw: probed the way VerbMem probes the forget set,
     it is the floor a model's VerbMem must beat before it counts as memory of the forget set."""
 
+    ROLES = ("text",)
     config: str = "privleak"
     split: str = "holdout"
-    columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_columns(v, ("text",))
 
 
 class ForgetSpec(_Strict):
