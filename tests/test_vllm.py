@@ -87,3 +87,43 @@ def test_vllm_refuses_variants_it_does_not_serve_and_bad_parallel_sizes(world, t
     assert done.returncode == 3, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "vLLM refused to start" in lines[0], done.stderr[-2000:]
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from unlearn_audit.probes import wmdp
+from unlearn_audit.probes.engine import Engine
+from unlearn_audit.probes.vllm_engine import VLLMEngine
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    pairs = [wmdp.encode_pair(tok, wmdp.context(q, ["cake", "soup", "bread", "tea"], "biology"), " " + letter)
+             for q in ("Who is the mayor?", "How many days of repairs did the old library need?") for letter in "ABCD"]
+    engine = VLLMEngine(model, tok, source=folder)
+    try:
+        theirs = engine.continuation_logprobs(pairs)
+    finally:
+        engine.close()
+    ours = Engine(model, tok, batch_size=3).continuation_logprobs(pairs)
+    print(json.dumps({"vllm": [list(map(float, x)) for x in theirs], "hf": [list(map(float, x)) for x in ours]}))
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_continuation_logprobs_equal_the_hf_engine(world, tmp_path):
+    """WMDP and TOFU score continuations: vLLM's prompt log-probabilities of each continuation token equal the hf
+    engine's (float32, the miniature's original), token for token."""
+    script = tmp_path / "score.py"
+    script.write_text(SCRIPT)
+    folder = next((world.hub_cache / "models--miniature--original" / "snapshots").iterdir())
+    done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["vllm"]) == 8
+    for theirs, ours in zip(result["vllm"], result["hf"]):
+        assert len(theirs) == len(ours) >= 1
+        assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-3

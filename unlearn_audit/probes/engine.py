@@ -41,6 +41,9 @@ class InferenceEngine(Protocol):
 
     def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]: ...
 
+    def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
+                              advance: Advance | None = None) -> list[np.ndarray]: ...
+
 
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 """How torch says it: CUDA/MPS ``OutOfMemoryError`` ("out of memory"), the CPU allocator's RuntimeError
@@ -245,6 +248,49 @@ class Engine:
 
         self._each_batch(encoded, run)
         return result
+
+    @torch.no_grad()
+    def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
+                              advance: Advance | None = None) -> list[np.ndarray]:
+        """For each (context ids, continuation ids): log p of every continuation token given all before it, from
+        one forward pass over ``context + continuation`` (the probes tokenise, as each benchmark's reference code
+        does; a sequence longer than the context window keeps its end)."""
+        encoded, widths = [], []
+        for context, continuation in pairs:
+            seq, cut = fit_pair(list(context), list(continuation), self.context)
+            self.truncated["score"] += int(cut)
+            encoded.append(seq)
+            widths.append(min(len(continuation), len(seq) - 1))
+        result: list[np.ndarray] = [np.empty(0)] * len(pairs)
+
+        def run(batch: list[int]) -> None:
+            ids, mask = self._pad([encoded[i] for i in batch], left=False)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            head = self.scoring
+            if head is not None and head.verified is None:
+                head.verify(self.model, ids[:1, : min(16, ids.shape[1])])
+            use_head = head is not None and head.verified
+            hidden = (head.hidden(self.model, ids, mask) if use_head
+                      else self.model(input_ids=ids, attention_mask=mask).logits)
+            for row, i in enumerate(batch):
+                n, width = len(encoded[i]), widths[i]
+                states = hidden[row, n - width - 1:n - 1]  # position t predicts token t + 1
+                logits = head.logits(states) if use_head else states
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                targets = ids[row, n - width:n]
+                result[i] = logprobs.gather(-1, targets[:, None]).squeeze(-1).double().cpu().numpy()
+            if advance:
+                advance(len(batch))
+
+        self._each_batch(encoded, run)
+        return result
+
+
+def fit_pair(context: list[int], continuation: list[int], limit: int) -> tuple[list[int], bool]:
+    """``context + continuation`` cut to the last ``limit`` tokens (as lm-evaluation-harness truncates on the left),
+    and whether it was cut; the continuation is always kept whole when it fits at all."""
+    seq = context + continuation
+    return (seq[-limit:], True) if len(seq) > limit else (seq, False)
 
 
 class _ChunkedHead:
