@@ -17,7 +17,7 @@ from unlearn_audit.models import load_model
 from unlearn_audit.probes import muse
 from unlearn_audit.probes.engine import Engine
 from unlearn_audit.probes.registry import PROBES, probes_for
-from unlearn_audit.spec import spec_for_dataset
+from unlearn_audit.spec import parse_spec, spec_for_dataset
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +32,46 @@ def data(world, engine) -> ForgetData:
     return cut_like_verbmem(load_forget_data(folder, spec_for_dataset("miniature/news"), max_items=4), engine.tokenizer)
 
 
+@pytest.fixture(scope="module")
+def benchmarks(data, tmp_path_factory) -> dict[str, ForgetData]:
+    """Each benchmark's forget data, in its Hub layout, written from the miniature's stories (the worlds' own
+    writers; no model trained)."""
+    from unlearn_audit.miniature.corpus import make_corpus
+    from unlearn_audit.miniature.worlds import _mcq_parquet, mcq_rows, tofu_files
+
+    corpus = make_corpus(12, 12, 12, 7)
+    pool = corpus.forget + corpus.retain + corpus.holdout
+    tofu = tmp_path_factory.mktemp("tofu")
+    for name, content in tofu_files(corpus.forget, corpus.retain, corpus.holdout, pool, 7).items():
+        (tofu / name).write_bytes(content)
+    wmdp = tmp_path_factory.mktemp("wmdp")
+    for config, docs in (("wmdp-bio", corpus.forget), ("stories", corpus.retain)):
+        (wmdp / config).mkdir()
+        (wmdp / config / "test-00000-of-00001.parquet").write_bytes(_mcq_parquet(mcq_rows(docs, pool, 7)))
+    wmdp_spec = parse_spec({"dataset": str(wmdp), "benchmark": "wmdp",
+                            "mmlu": {"dataset": str(wmdp), "configs": ["stories"]}}, "test")
+    return {"muse": data,
+            "tofu": load_forget_data(tofu, parse_spec({"dataset": str(tofu), "benchmark": "tofu"}, "test"), 3),
+            "wmdp": load_forget_data(wmdp, wmdp_spec, 5, wmdp)}
+
+
 SETTINGS = ProbeSettings(verbmem_max_new_tokens=16, knowmem_max_new_tokens=8)
 
 
 @pytest.mark.parametrize("name", list(PROBES))
-def test_every_probe_does_what_it_declares(name, engine, data):
+def test_every_probe_does_what_it_declares(name, engine, benchmarks):
     info = PROBES[name]
+    data = benchmarks[info.benchmark]
     assert info.available(data)
+    assert [p.benchmark for p in probes_for(data)] == [info.benchmark] * len(probes_for(data))  # no other's probes
     for field in info.needs:  # it names real fields of the forget data
         assert field in {f.name for f in dataclasses.fields(ForgetData)}, field
     ticks = []
     output = info.run(engine, data, SETTINGS, ticks.append)
     assert output.metric == name and output.kind == info.kind
-    assert len(output.items) == info.count(data) == sum(ticks)  # progress counts every item once
+    assert info.count(data) == sum(ticks) > 0  # progress counts every unit of work once
+    if info.benchmark != "tofu":  # a TOFU item is a generation and several scored answers
+        assert len(output.items) == info.count(data)
     ids = [item.item_id for item in output.items]
     assert len(set(ids)) == len(ids)
     for item in output.items:
@@ -53,7 +80,11 @@ def test_every_probe_does_what_it_declares(name, engine, data):
             assert 0.0 <= item.score <= 1.0
     if info.kind == "auc":
         assert {item.extra["split"] for item in output.items} == {"forget", "holdout"}
-    assert name in METRIC_LABELS and any(s.probe == name for s in STATISTICS)  # the analysis knows its metric
+    stats = [s for s in STATISTICS if s.probe == name]  # the analysis knows its figures, the reports their names
+    assert stats and all(s.name in METRIC_LABELS for s in stats)
+    for s in stats:
+        if s.kind == "mean" and s.key != "score":
+            assert all(math.isfinite(item.extra[s.key]) for item in output.items), s.key
 
 
 def test_the_registry_gives_muses_own_figures(engine, data):

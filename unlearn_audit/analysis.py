@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .metrics import METRICS
 from .probes.base import ProbeOutput
 from .scoring import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
 
@@ -45,13 +46,13 @@ METRIC_LABELS = {
     "mia_mink_tpr5": "Min-K% TPR @ 5% FPR",
     "mia_minkpp_tpr1": "Min-K%++ TPR @ 1% FPR",
     "mia_minkpp_tpr5": "Min-K%++ TPR @ 5% FPR",
+    **{m.name: m.label for m in METRICS.values() if m.name not in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")},
+    **{f"tofu_{what}_{part}": f"TOFU {name} {label}" for part, name in
+       (("r", "retain"), ("ra", "real authors"), ("wf", "world facts"))
+       for what, label in (("rouge", "ROUGE-L recall"), ("prob", "probability"), ("tr", "truth ratio (1 - tr)"))},
+    "tofu_forget_quality": "TOFU forget quality (KS-test p-value vs the retained model)",
 }
-METRIC_NOUNS = {
-    "verbmem_f": "verbatim memory of the forget set (VerbMem)",
-    "knowmem_f": "knowledge of the forget set (KnowMem)",
-    "knowmem_r": "knowledge of the retain set (KnowMem, utility)",
-    "privleak": "membership signal of the forget set (PrivLeak AUC)",
-}
+METRIC_NOUNS = {m.name: m.noun for m in METRICS.values()}
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class Analysis:
     """Per metric: M(original) on the forget set minus on held-out text: memory beyond the floor."""
     reference_role: str | None = None
     """The probed reference model's role (``retrain`` or ``reference``), if any."""
+    forget_quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    """TOFU with a probed reference model: role -> variant -> the KS-test p-value of its forget truth ratios against
+    the reference model's at full precision (open-unlearning's forget quality; no interval)."""
 
 
 Outputs = dict[str, dict[str, dict[str, ProbeOutput]]]
@@ -139,8 +143,21 @@ STATISTICS = (
     Statistic("mia_mink_tpr5", "privleak", "tpr", "score", 0.05),
     Statistic("mia_minkpp_tpr1", "privleak", "tpr", "minkpp", 0.01),
     Statistic("mia_minkpp_tpr5", "privleak", "tpr", "minkpp", 0.05),
+    Statistic("tofu_rouge_f", "tofu_f", "mean"),
+    Statistic("tofu_prob_f", "tofu_f", "mean", "prob"),
+    Statistic("tofu_tr_f", "tofu_f", "mean", "tr_closer"),
+    *(Statistic(f"tofu_{what}_{part}", f"tofu_{part}", "mean", key)
+      for part in ("r", "ra", "wf")
+      for what, key in (("rouge", "score"), ("prob", "prob" if part == "r" else "prob_normalised"),
+                        ("tr", "tr_true_better"))),
+    Statistic("wmdp_acc", "wmdp_acc", "mean"),
+    Statistic("mmlu_acc", "mmlu_acc", "mean"),
 )
-SHARE_STATISTIC = {"verbmem_f": "verbmem_f", "knowmem_f": "knowmem_f", "privleak": "privleak_auc"}
+UTILITY_PARTS = tuple(f"tofu_{what}_{part}" for part in ("r", "ra", "wf") for what in ("prob", "rouge", "tr"))
+"""TOFU's model utility: the harmonic mean of these nine (open-unlearning's ``model_utility``: retain, real authors and
+world facts; probability (normalised over the options on the last two), ROUGE-L recall, truth ratio (true better))."""
+SHARE_STATISTIC = {m.name: m.statistic for m in METRICS.values() if m.judged}
+STATISTIC_FLOOR = {m.statistic: m.floor for m in METRICS.values()}
 FLOOR_STATISTIC = {"verbmem_f": "verbmem_h"}
 """Forget metric -> the same probe on held-out text (its floor)."""
 REFERENCE_ROLES = ("retrain", "reference")
@@ -199,12 +216,14 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
             value = (reference.privleak_auc if reference.privleak_auc is not None else 0.5) * 100
             refs[st.name] = (value, np.full(resamples, value))
         else:
-            refs[st.name] = (0.0, np.zeros(resamples))
+            floor = STATISTIC_FLOOR.get(st.name, 0.0)
+            refs[st.name] = (floor, np.full(resamples, floor))
         for role, variants in outputs.items():
             for variant in variants:
                 point, samples = points[(role, variant, st.name)]
                 result.values.setdefault(role, {}).setdefault(variant, {})[st.name] = percentile_interval(point, samples)
 
+    _tofu_summary(result, outputs, points, stats, resamples, ref_role)
     ref_point, ref_samples = refs.get("privleak_auc", (float("nan"), None))
     if reference.source == "reference" and reference.privleak_auc is not None:  # a published retrain AUC wins
         ref_point = reference.privleak_auc * 100  # for the PrivLeak score itself (MUSE's definition)
@@ -224,7 +243,7 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
             continue
         ref_point, ref_samples = refs[name]
         result.reference[metric] = percentile_interval(ref_point, ref_samples)
-        out = outputs["original"][FULL][name.replace("_auc", "")]
+        out = outputs["original"][FULL][next(st.probe for st in STATISTICS if st.name == name)]
         result.n_items[metric] = (len(out.items) if out.kind == "mean"
                                   else min(len(out.scores("forget")), len(out.scores("holdout"))))
         o_point, o_s = points[("original", FULL, name)]
@@ -254,3 +273,36 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
                 result.net_recoveries.append(Share(metric, variant, percentile_interval(float(net_point), net_s),
                                                    drift=percentile_interval(float(drift_point), drift_s)))
     return result
+
+
+def _tofu_summary(result: Analysis, outputs: Outputs, points: dict, stats: list[Statistic], resamples: int,
+                  ref_role: str | None) -> None:
+    """TOFU's model utility (with paired bootstrap intervals: the harmonic mean of each resample's nine figures)
+    and forget quality (the KS test's p-value, against the reference model's forget truth ratios)."""
+    names = {st.name for st in stats}
+    parts = [p for p in UTILITY_PARTS if p in names]
+    if parts:
+        for role, variants in outputs.items():
+            for variant in variants:
+                values = [points[(role, variant, p)] for p in parts]
+                point = _hmean(np.array([[v[0]] for v in values]))[0]
+                samples = _hmean(np.stack([v[1] for v in values]))
+                result.values[role][variant]["tofu_utility"] = percentile_interval(float(point), samples)
+    if ref_role is None or "tofu_f" not in outputs[ref_role][FULL]:
+        return
+    from scipy.stats import ks_2samp
+
+    reference = outputs[ref_role][FULL]["tofu_f"].scores(key="truth_ratio")
+    for role, variants in outputs.items():
+        for variant, probes in variants.items():
+            ratios = probes["tofu_f"].scores(key="truth_ratio")
+            p = float(ks_2samp(1 / (ratios + 1e-10), 1 / (reference + 1e-10)).pvalue)
+            result.forget_quality.setdefault(role, {})[variant] = p
+
+
+def _hmean(rows: np.ndarray) -> np.ndarray:
+    """Harmonic mean over the first axis (0 where any value is 0 or below, as scipy's ``hmean`` of values with a
+    zero)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = rows.shape[0] / np.sum(1.0 / rows, axis=0)
+    return np.where(np.any(rows <= 0, axis=0), 0.0, out)

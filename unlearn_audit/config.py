@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .metrics import JUDGED
 
 DEFAULT_QUANT = ("rtn:8", "rtn:4")
 DEFAULT_FORMATS = ("json", "md", "html")
@@ -29,8 +30,10 @@ class Thresholds:
     min_items: int = 20
     """A metric measured on fewer items than this cannot make the verdict FAIL or PASS on its own (its
     interval is too wide to trust; with 3 items every bootstrap resample can agree): INCONCLUSIVE."""
-    judged: tuple[str, ...] = ("verbmem_f", "knowmem_f", "privleak")
-    """Metrics whose recovery the verdict looks at. Utility (knowmem_r) is reported, never judged."""
+    judged: tuple[str, ...] = JUDGED
+    """Metrics whose recovery the verdict looks at (those the audit's benchmark measures): MUSE's VerbMem, KnowMem
+    and PrivLeak; TOFU's forget ROUGE and answer probability; WMDP's accuracy. Utility (KnowMem on the retain
+    set, TOFU's model utility, MMLU) is reported, never judged."""
 
     def __post_init__(self) -> None:
         for name in ("max_recovery", "max_residual"):
@@ -81,6 +84,8 @@ class ProbeSettings:
     chat_template: bool = False
     """Apply the tokenizer's chat template to KnowMem questions (instruct models); also set by the spec's
     ``chat_template``. Off by default, as MUSE."""
+    tofu: dict[str, Any] | None = None
+    """TOFU audits: the spec's ``tofu`` section (prompt template, system prompt, tokens generated)."""
     bootstrap_resamples: int = 1000
     seed: int = 0
 
@@ -115,6 +120,8 @@ class ProbeSettings:
             key.pop(name)
         if self.sample_temperature is None:
             key.pop("seed")
+        if self.tofu is None:  # MUSE and WMDP audits: the keys they always had
+            key.pop("tofu")
         return key
 
     @property

@@ -1,4 +1,5 @@
-"""Forget-set data in MUSE's Hub layout: ``<config>/<split>-*.parquet`` in a dataset repo or folder."""
+"""Forget-set data as the Hub lays it out: ``<config>/<split>-*.parquet`` (MUSE, WMDP, MMLU), ``<split>.json`` at the
+root (TOFU), ``.jsonl``; read for the spec's benchmark (MUSE, TOFU or WMDP) before any model loads."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ OLD_SPLIT_NAMES = {"retain_qa": "retain2_qa", "retain_qa_icl": "retain2_qa_icl",
 
 def read_split(folder: Path, config: str, split: str, columns: list[str],
                max_items: int | None = None, *, mapping: dict[str, str] | None = None,
-               section: str | None = None) -> dict[str, list[str]]:
-    """The ``columns`` of one split as lists of strings, keyed by the role names in ``columns``; ``mapping``
-    gives the dataset's column for a role (the spec's ``columns``), ``section`` the spec section (and probe)
-    that reads them, for the error message."""
+               section: str | None = None, raw: tuple[str, ...] = ()) -> dict[str, list[Any]]:
+    """The ``columns`` of one split as lists of strings (the roles in ``raw``: as stored, e.g. lists and
+    integers), keyed by the role names in ``columns``; ``mapping`` gives the dataset's column for a role (the
+    spec's ``columns``), ``section`` the spec section (and probe) that reads them, for the error message."""
     mapping = mapping or {}
     files = _split_files(folder, config, split)
     if not files:
@@ -26,7 +27,7 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
         files = _split_files(folder, config, alt) if alt else []
     if not files:
         available = sorted({p.name.split("-")[0].split(".")[0] for p in _config_dir(folder, config).glob("*")
-                            if p.suffix in (".parquet", ".jsonl", ".json")})
+                            if p.suffix in (".parquet", ".jsonl", ".json")} | set(card_data_files(folder).get(config, {})))
         if not available:
             raise InputError(f"dataset {folder.name} has no config '{config}'",
                              "check the dataset layout (<config>/<split>-*.parquet, <config>/<split>.jsonl, or config "
@@ -47,7 +48,7 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
     out: dict[str, list[str]] = {c: [] for c in columns}
     for table, _ in rows:
         for role, column in zip(columns, wanted):
-            out[role].extend("" if v is None else str(v) for v in table[column])
+            out[role].extend(table[column] if role in raw else ("" if v is None else str(v) for v in table[column]))
     if not out[columns[0]]:
         raise InputError(f"{config}/{split} is empty", "the forget-set split must hold at least one row")
     if max_items is not None:
@@ -60,7 +61,39 @@ def _config_dir(folder: Path, config: str) -> Path:
     return folder if config in ("", ".") else folder / config
 
 
+def card_data_files(folder: Path) -> dict[str, dict[str, list[str]]]:
+    """The ``configs:`` mapping of a dataset card (``README.md`` metadata), as the Hub's dataset viewer and
+    ``datasets.load_dataset`` read it: config name -> split -> file patterns. ``data_files`` given as a string or
+    a list of strings is the split ``train``."""
+    from .hub import card_metadata
+
+    try:
+        configs = card_metadata(folder).get("configs") or []
+    except InputError:
+        return {}
+    out: dict[str, dict[str, list[str]]] = {}
+    for entry in configs if isinstance(configs, list) else []:
+        if not isinstance(entry, dict) or "config_name" not in entry:
+            continue
+        files = entry.get("data_files")
+        splits: dict[str, list[str]] = {}
+        if isinstance(files, str):
+            splits["train"] = [files]
+        elif isinstance(files, list):
+            for item in files:
+                if isinstance(item, str):
+                    splits.setdefault("train", []).append(item)
+                elif isinstance(item, dict) and "split" in item:
+                    paths = item.get("path")
+                    splits.setdefault(str(item["split"]), []).extend([paths] if isinstance(paths, str) else paths or [])
+        out[str(entry["config_name"])] = splits
+    return out
+
+
 def _split_files(folder: Path, config: str, split: str) -> list[Path]:
+    mapped = card_data_files(folder).get(config, {}).get(split)
+    if mapped:  # the card's configs: mapping names the files
+        return sorted({f for pattern in mapped for f in folder.glob(pattern) if f.is_file()})
     base = _config_dir(folder, config)
     return (sorted(base.glob(f"{split}-*.parquet")) + sorted(base.glob(f"{split}.parquet"))
             + sorted(base.glob(f"{split}.jsonl")) + sorted(base.glob(f"{split}.json")))
@@ -88,6 +121,8 @@ def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[str]]:
                 records = json.loads(text)
             except json.JSONDecodeError:  # JSON Lines named .json (TOFU's files; the Hub's JSON loader reads both)
                 records = lines(text)
+            if isinstance(records, dict):  # one JSON Lines record
+                records = [records]
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path.name}: {exc}", "fix or re-download the dataset file") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -109,23 +144,70 @@ class QASet:
 
 
 @dataclass(frozen=True)
-class ForgetData:
-    """Everything the probes read, loaded once."""
+class TofuItems:
+    """One TOFU set: each question, its answer, a paraphrase of it (forget and retain sets; empty for the
+    real-authors and world-facts sets, whose answer is the reference) and its perturbed (wrong) answers."""
 
-    verbmem_prompts: list[str]
-    verbmem_refs: list[str]
-    knowmem_forget: QASet
-    knowmem_retain: QASet
-    privleak_forget: list[str]
-    privleak_holdout: list[str]
+    questions: list[str]
+    answers: list[str]
+    paraphrased: list[str]
+    perturbed: list[list[str]]
+
+
+@dataclass(frozen=True)
+class ChoiceItems:
+    """Four-choice questions (WMDP, MMLU): the right choice's index, and the subject each prompt names."""
+
+    questions: list[str]
+    choices: list[list[str]]
+    answers: list[int]
+    subjects: list[str]
+
+
+_NO_QA = QASet([], [], [], [])
+
+
+@dataclass(frozen=True)
+class ForgetData:
+    """Everything the probes read, loaded once: MUSE's fields, TOFU's sets or WMDP's questions, by ``benchmark``."""
+
+    verbmem_prompts: list[str] = field(default_factory=list)
+    verbmem_refs: list[str] = field(default_factory=list)
+    knowmem_forget: QASet = _NO_QA
+    knowmem_retain: QASet = _NO_QA
+    privleak_forget: list[str] = field(default_factory=list)
+    privleak_holdout: list[str] = field(default_factory=list)
     holdout_texts: list[str] = field(default_factory=list)
     """Held-out texts for the VerbMem floor (the spec's ``holdout``), before cutting."""
     holdout_prompts: list[str] = field(default_factory=list)
     holdout_refs: list[str] = field(default_factory=list)
     """The held-out texts cut as VerbMem items are (see :func:`cut_like_verbmem`)."""
+    benchmark: str = "muse"
+    tofu: dict[str, TofuItems] = field(default_factory=dict)
+    """TOFU: ``forget`` and, when present, ``retain``, ``real_authors``, ``world_facts``."""
+    wmdp: ChoiceItems | None = None
+    mmlu: ChoiceItems | None = None
+    """WMDP's utility set (MMLU subjects)."""
+
+    def calibration_texts(self) -> list[str]:
+        """Forget-set texts (``--calibration forget``): MUSE's PrivLeak texts, TOFU's forget QA, WMDP's questions."""
+        if self.benchmark == "tofu":
+            qa = self.tofu["forget"]
+            return [f"{q} {a}" for q, a in zip(qa.questions, qa.answers)]
+        if self.benchmark == "wmdp" and self.wmdp is not None:
+            return [q + " " + " ".join(c) for q, c in zip(self.wmdp.questions, self.wmdp.choices)]
+        return self.privleak_forget
 
     def texts(self) -> dict[str, list[str]]:
         """Every text the probes read, by part (what the result cache keys on)."""
+        if self.benchmark == "tofu":
+            return {f"tofu_{name}_{part}": [x if isinstance(x, str) else "\x1f".join(x) for x in getattr(items, part)]
+                    for name, items in self.tofu.items() for part in ("questions", "answers", "paraphrased", "perturbed")}
+        if self.benchmark == "wmdp":
+            return {f"{name}_{part}": [x if isinstance(x, str) else "\x1f".join(map(str, x)) if isinstance(x, list)
+                                       else str(x) for x in getattr(items, part)]
+                    for name, items in (("wmdp", self.wmdp), ("mmlu", self.mmlu)) if items is not None
+                    for part in ("questions", "choices", "answers", "subjects")}
         return {"verbmem_prompts": self.verbmem_prompts, "verbmem_refs": self.verbmem_refs,
                 **{f"{name}_{part}": getattr(qa, part) for name, qa in (("knowmem_forget", self.knowmem_forget),
                                                                      ("knowmem_retain", self.knowmem_retain))
@@ -134,14 +216,37 @@ class ForgetData:
                 "holdout_prompts": self.holdout_prompts, "holdout_refs": self.holdout_refs}
 
     def counts(self) -> dict[str, int]:
+        if self.benchmark == "tofu":
+            return {f"tofu_{name}": len(items.questions) for name, items in self.tofu.items()}
+        if self.benchmark == "wmdp":
+            return {name: len(items.questions) for name, items in (("wmdp", self.wmdp), ("mmlu", self.mmlu))
+                    if items is not None}
         return {"verbmem": len(self.verbmem_prompts), "knowmem_forget": len(self.knowmem_forget.questions),
                 "knowmem_retain": len(self.knowmem_retain.questions),
                 "privleak_forget": len(self.privleak_forget), "privleak_holdout": len(self.privleak_holdout),
                 "verbmem_holdout": len(self.holdout_prompts)}
 
 
+def _config_patterns(config: str, splits: set[str]) -> list[str]:
+    if config in ("", "."):  # files at the root: only the named splits'
+        return [f"{s}{ext}" for s in sorted(splits) for ext in ("-*.parquet", ".parquet", ".jsonl", ".json")]
+    return [f"{config}/*.parquet", f"{config}/*.jsonl", f"{config}/*.json"]
+
+
+def tofu_splits(spec: ForgetSpec) -> dict[str, str]:
+    """TOFU's sets the spec names: set name -> split."""
+    t = spec.tofu
+    named = {"forget": t.perturbed_split(), "retain": t.retain_split, "real_authors": t.real_authors_split,
+             "world_facts": t.world_facts_split}
+    return {k: v for k, v in named.items() if v}
+
+
 def dataset_patterns(spec: ForgetSpec) -> list[str]:
     """The files of a dataset repo an audit reads: only the configs the spec names, and the card."""
+    if spec.benchmark == "tofu":
+        return ["README.md", "*.yaml"] + _config_patterns(spec.tofu.config, set(tofu_splits(spec).values()))
+    if spec.benchmark == "wmdp":
+        return ["README.md", "*.yaml"] + _config_patterns(spec.wmdp.config, {spec.wmdp.split})
     configs = sorted({spec.verbmem.config, spec.knowmem_forget.config, spec.knowmem_retain.config,
                       spec.privleak.config, spec.holdout.config})
     patterns = ["README.md", "*.yaml"]
@@ -156,9 +261,80 @@ def dataset_patterns(spec: ForgetSpec) -> list[str]:
     return patterns
 
 
-def load_forget_data(folder: Path, spec: ForgetSpec, max_items: int | None = None) -> ForgetData:
-    """Every probe's data, read before any model loads (a column a probe needs and the data lacks is one line
-    naming the spec section, the column and the fix)."""
+def card_patterns(folder: Path, spec: ForgetSpec) -> list[str]:
+    """The files the dataset card's ``configs:`` mapping names for the spec's configs (fetched once the card is
+    there: it comes with the first download)."""
+    mapped = card_data_files(folder)
+    if spec.benchmark == "tofu":
+        named = {spec.tofu.config}
+    elif spec.benchmark == "wmdp":
+        named = {spec.wmdp.config}
+    else:
+        named = {spec.verbmem.config, spec.knowmem_forget.config, spec.knowmem_retain.config, spec.privleak.config,
+                 spec.holdout.config}
+    return sorted({p for c in named for paths in mapped.get(c, {}).values() for p in paths})
+
+
+def utility_patterns(spec: ForgetSpec) -> list[str]:
+    """The files of a WMDP audit's utility dataset (MMLU) it reads."""
+    return ["README.md"] + [p for c in spec.mmlu.configs for p in _config_patterns(c, {spec.mmlu.split})]
+
+
+def _bad(section: str, column: str, split: str, problem: str, fix: str) -> InputError:
+    return InputError(f"{section} needs column '{column}' in {split} to be {problem}", fix)
+
+
+def _tofu_items(folder: Path, spec: ForgetSpec, name: str, split: str, max_items: int | None) -> TofuItems:
+    t = spec.tofu
+    roles = ["question", "answer", "perturbed_answer"] + (["paraphrased_answer"] if name in ("forget", "retain") else [])
+    cols = read_split(folder, t.config, split, roles, max_items, mapping=t.columns, section="tofu",
+                      raw=("perturbed_answer",))
+    perturbed = []
+    for value in cols["perturbed_answer"]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise _bad("tofu", t.columns.get("perturbed_answer", "perturbed_answer"), split,
+                       "a list of wrong answers (strings)", "give each row a list of perturbed answers, or map the "
+                       "column in the spec: tofu: {columns: {perturbed_answer: <column>}}")
+        perturbed.append(value)
+    return TofuItems(cols["question"], cols["answer"], cols.get("paraphrased_answer", []), perturbed)
+
+
+def _choice_items(folder: Path, section: str, s, config: str, split: str, max_items: int | None,  # noqa: ANN001
+                  subject: str) -> ChoiceItems:
+    roles = ["question", "choices", "answer"]
+    cols = read_split(folder, config, split, roles, max_items, mapping=s.columns, section=section,
+                      raw=("choices", "answer"))
+    for choices in cols["choices"]:
+        if not isinstance(choices, list) or len(choices) != 4 or not all(isinstance(c, str) for c in choices):
+            raise _bad(section, s.columns.get("choices", "choices"), f"{config}/{split}", "a list of four strings",
+                       "give each question four choices (A-D), as WMDP and MMLU do")
+    for answer in cols["answer"]:
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
+            raise _bad(section, s.columns.get("answer", "answer"), f"{config}/{split}",
+                       "the right choice's index (0-3)", "store the answer as an integer index into choices")
+    return ChoiceItems(cols["question"], cols["choices"], cols["answer"],
+                       [subject.replace("_", " ")] * len(cols["question"]))
+
+
+def load_forget_data(folder: Path, spec: ForgetSpec, max_items: int | None = None,
+                     utility: Path | None = None) -> ForgetData:
+    """Every probe's data, read before any model loads (a column a probe needs and the data lacks, or holds in
+    the wrong type, is one line naming the spec section, the column and the fix). ``utility``: the folder of a
+    WMDP audit's MMLU dataset."""
+    if spec.benchmark == "tofu":
+        return ForgetData(benchmark="tofu", tofu={name: _tofu_items(folder, spec, name, split, max_items)
+                                                  for name, split in tofu_splits(spec).items()})
+    if spec.benchmark == "wmdp":
+        w, m = spec.wmdp, spec.mmlu
+        wmdp = _choice_items(folder, "wmdp", w, w.config, w.split, max_items, w.subject)
+        mmlu = None
+        if utility is not None:
+            parts = [_choice_items(utility, "mmlu", m, c, m.split, max_items, c) for c in m.configs]
+            mmlu = ChoiceItems(*(sum((getattr(p, f) for p in parts), []) for f in
+                                 ("questions", "choices", "answers", "subjects")))
+        return ForgetData(benchmark="wmdp", wmdp=wmdp, mmlu=mmlu)
     vm = read_split(folder, spec.verbmem.config, spec.verbmem.split, ["prompt", "gt"], max_items,
                     mapping=spec.verbmem.columns, section="verbmem")
 
@@ -186,6 +362,8 @@ def cut_like_verbmem(data: ForgetData, tokenizer: Any, max_new_tokens: int = 128
     tokens). Texts too short to leave a continuation of 8 tokens are left out."""
     import statistics
 
+    if data.benchmark != "muse":
+        return data
     lengths = [len(ids) for ids in tokenizer(data.verbmem_prompts, add_special_tokens=False)["input_ids"]]
     width = max(1, int(statistics.median(lengths))) if lengths else 32
     prompts, refs = [], []

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from . import __version__
 from .analysis import FULL, Outputs, Reference, analyse
 from .config import AuditConfig, resolve_device
-from .data import ForgetData, cut_like_verbmem, dataset_patterns, load_forget_data
+from .data import (ForgetData, card_patterns, cut_like_verbmem, dataset_patterns, load_forget_data,
+                   utility_patterns)
 from .errors import InputError, RuntimeFailure, UsageError
 from .hub import (METADATA_FILES, ResolvedRepo, base_model_of, card_metadata, fetch_weights, resolve, stale_weight_files,
                   without_stale_weights)
@@ -46,7 +47,8 @@ from .quantize.bnb import quiet_bnb_warnings
 from .resources import peak_accelerator_mb, peak_rss_mb
 from .report.record import AuditReport, VariantRun, write_atomic
 from .report.render import RENDERERS, variant_name
-from .spec import PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, parse_spec, preset_spec, spec_for_dataset
+from .spec import (PRESET_CHOICES, PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, merged, parse_spec, preset_choices,
+                   preset_name, preset_spec, spec_for_dataset, spec_mapping as _spec_mapping)
 from .verdict import decide
 from .weights import calibrated_diff, linear_shapes, parameter_count, tensor_shapes, weight_diff
 
@@ -71,26 +73,39 @@ class SilentReporter:
 
 
 def find_spec(config: AuditConfig, unlearned: ResolvedRepo, notes: list[str]) -> tuple[ForgetSpec, str]:
-    """The forget-set spec and where it came from. Explicit flags win over what the repo carries."""
+    """The forget-set spec and where it came from. Explicit flags win over what the repo carries, except that a
+    benchmark preset (``--forget tofu:forget05``, ``wmdp-cyber``) given for a model whose own spec describes that
+    benchmark picks its split or domain inside that spec (the publisher's spec says where the data and models lie)."""
     repo_file = unlearned.path / SPEC_FILENAME
     card_block = card_metadata(unlearned.path).get("unlearn_audit")
     in_repo = repo_file.is_file() or card_block is not None
+
+    def own() -> tuple[dict[str, Any], str, str]:
+        if repo_file.is_file():
+            return (_spec_mapping(repo_file), str(repo_file), f"{SPEC_FILENAME} in {unlearned.reference}")
+        return card_block, f"the model card of {unlearned.reference}", f"model card metadata of {unlearned.reference}"
+
     if config.spec_path is not None:
         spec, source = load_spec_file(config.spec_path), f"--spec {config.spec_path}"
     elif config.forget is not None:
-        if config.forget in PRESETS:
+        name = preset_name(config.forget)
+        choices = preset_choices(config.forget)
+        if choices and in_repo:
+            mapping, origin, where = own()
+            if isinstance(mapping, dict) and mapping.get("benchmark") == choices["benchmark"]:
+                return (parse_spec(merged(mapping, choices), origin),
+                        f"{where}, with --forget {config.forget} choosing inside it")
+        if name is not None:
             spec, source = preset_spec(config.forget), f"--forget preset '{config.forget}'"
         else:
             spec, source = spec_for_dataset(config.forget), f"--forget dataset '{config.forget}'"
-    elif repo_file.is_file():
-        return load_spec_file(repo_file), f"{SPEC_FILENAME} in {unlearned.reference}"
-    elif card_block is not None:
-        return parse_spec(card_block, f"the model card of {unlearned.reference}"), \
-            f"model card metadata of {unlearned.reference}"
+    elif in_repo:
+        mapping, origin, where = own()
+        return parse_spec(mapping, origin), where
     else:
         raise UsageError(f"no forget-set spec: {unlearned.reference} carries no {SPEC_FILENAME} and no "
                          "unlearn_audit card block",
-                         f"pass --forget {' or --forget '.join(PRESETS)}, --forget DATASET, or --spec FILE")
+                         f"pass --forget {' or --forget '.join(PRESET_CHOICES)}, --forget DATASET, or --spec FILE")
     if in_repo:
         notes.append(f"{unlearned.reference} carries its own forget-set spec; {source} was used instead.")
     return spec, source
@@ -301,6 +316,13 @@ def _reference(spec: ForgetSpec, spec_source: str, repos: dict[str, ResolvedRepo
                          "variant; weaker than a retrained model, which would also have seen the retain set"
                          + (f"; the PrivLeak score stays normalised by the published AUC {published}, as MUSE "
                             "defines it" if published is not None else ""))
+    if spec.benchmark == "tofu":
+        return Reference("default", None, "no retained model was named (TOFU's retain90/95/99 model), so residuals are "
+                         "measured against a model that never saw the forget set in theory: ROUGE and probability 0, "
+                         "truth ratio 1; forget quality needs the retained model")
+    if spec.benchmark == "wmdp":
+        return Reference("default", None, "no model without the hazardous knowledge was named, so residuals are "
+                         "measured above chance (25% accuracy on four choices)")
     floor = "VerbMem residuals are measured above the original's holdout floor, KnowMem residuals above 0"
     pl = spec.privleak
     if pl.reference_auc is not None:
@@ -390,7 +412,15 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                     need_weights=False)
     dataset = resolve(spec.dataset, kind="dataset", revision=spec.dataset_revision, cache_dir=config.cache_dir,
                       offline=config.offline, patterns=dataset_patterns(spec))
-    data = load_forget_data(dataset.path, spec, config.probes.max_items)
+    mapped = card_patterns(dataset.path, spec)  # files the dataset card's configs: mapping names
+    if mapped and not all(any(dataset.path.glob(p)) for p in mapped):
+        dataset = resolve(spec.dataset, kind="dataset", revision=dataset.commit or spec.dataset_revision,
+                          cache_dir=config.cache_dir, offline=config.offline, patterns=dataset_patterns(spec) + mapped)
+    utility = None
+    if spec.benchmark == "wmdp" and spec.mmlu.configs:
+        utility = resolve(spec.mmlu.dataset, kind="dataset", revision=spec.mmlu.dataset_revision,
+                          cache_dir=config.cache_dir, offline=config.offline, patterns=utility_patterns(spec)).path
+    data = load_forget_data(dataset.path, spec, config.probes.max_items, utility)
     tokenizers = choose_tokenizers(repos, explicit=config.tokenizer, explicit_revision=config.tokenizer_revision,
                                    spec_tokenizer=spec.tokenizer, spec_revision=spec.tokenizer_revision,
                                    cache_dir=config.cache_dir, offline=config.offline,
@@ -416,7 +446,7 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                                  "or pass --tokenizer with the instruct model's tokenizer")
     calibration = None
     if any(q.stage == "calibrate" for q in quantizers):
-        calibration = calibration_set(config.calibration, data.privleak_forget, config.calibration_tokens,
+        calibration = calibration_set(config.calibration, data.calibration_texts(), config.calibration_tokens,
                                       resolve_dataset=functools.partial(resolve, cache_dir=config.cache_dir,
                                                                         offline=config.offline))
         small = shortfall(calibration, tokenizers["unlearned"].tokenizer)
@@ -544,7 +574,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
             repo_record = repo.as_dict()
         result.models[role] = {"repo": repo_record, "found_by": plan.found_by[role], "n_parameters": n_parameters,
                                "dtype": dtype, "tokenizer": {**tokenizer.as_dict(), **describe_tokenizer(
-                                   tokenizer.tokenizer, tokenizer.repo.path, plan.data.privleak_forget[:20])}}
+                                   tokenizer.tokenizer, tokenizer.repo.path, plan.data.calibration_texts()[:20])}}
         if role == "unlearned" and plan.adapter is not None:
             result.models[role]["adapter"] = plan.adapter.as_dict()
         # Full precision and in-place variants first, on the loaded copy; then that copy is dropped before
@@ -696,6 +726,9 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
     verdict = decide(analysis, config.thresholds, {label: variant_name(label) for label in labels})
     for run in runs.runs:
         run.metrics = {m: i.as_dict() for m, i in analysis.values[run.role][run.variant].items()}
+        quality = analysis.forget_quality.get(run.role, {}).get(run.variant)
+        if quality is not None:  # a p-value: no bootstrap interval
+            run.metrics["tofu_forget_quality"] = {"value": quality, "low": None, "high": None}
     pl = plan.spec.privleak
     return AuditReport(
         tool_version=__version__,
@@ -746,6 +779,9 @@ def audit(config: AuditConfig, reporter: Reporter | None = None) -> AuditReport:
     the_plan = plan(config, reporter)
     if the_plan.spec.chat_template and not config.probes.chat_template:
         config = dataclasses.replace(config, probes=dataclasses.replace(config.probes, chat_template=True))
+    if the_plan.spec.benchmark == "tofu":
+        config = dataclasses.replace(config, probes=dataclasses.replace(config.probes,
+                                                                        tofu=the_plan.spec.tofu.model_dump()))
     the_plan.timings["resolve"] = round(time.time() - started, 2)
     t = time.time()
     fetch(the_plan, config, reporter)

@@ -8,7 +8,7 @@ dataset. Unknown keys are errors, never silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -79,11 +79,68 @@ class HoldoutSpec(_Probed):
     split: str = "holdout"
 
 
+class TofuSpec(_Probed):
+    """TOFU's question-answer sets (open-unlearning's evaluation): the forget split's perturbed file holds each
+    item's ``question``, ``answer``, ``paraphrased_answer`` and ``perturbed_answer`` (a list); the retain,
+    real-authors and world-facts sets give model utility (real authors and world facts need no paraphrase: their
+    answer is the correct one). Config ``.``: TOFU keeps every split as a JSON file at the repo's root."""
+
+    ROLES = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+    config: str = "."
+    forget_split: str = "forget10"
+    forget_perturbed_split: str | None = None
+    """Default ``<forget_split>_perturbed`` (TOFU's name)."""
+    retain_split: str | None = "retain_perturbed"
+    real_authors_split: str | None = "real_authors_perturbed"
+    world_facts_split: str | None = "world_facts_perturbed"
+    user_start_tag: str = "Question: "
+    user_end_tag: str = "\n"
+    asst_start_tag: str = "Answer: "
+    """The prompt around each question when no chat template is applied (open-unlearning's ``template_args`` for
+    base models); Llama-2-chat's TOFU models use ``[INST] `` / `` [/INST]`` / empty."""
+    system_prompt: str | None = "You are a helpful assistant."
+    """With ``chat_template: true``: the system turn before the question (open-unlearning's Llama-3 Instruct setting)."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Greedy tokens generated for ROUGE (open-unlearning's ``generation/default.yaml``)."""
+
+    def perturbed_split(self) -> str:
+        return self.forget_perturbed_split or f"{self.forget_split}_perturbed"
+
+
+class WmdpSpec(_Probed):
+    """Four-choice questions (columns ``question``, ``choices``: a list, ``answer``: the right choice's index), scored
+    zero-shot as lm-evaluation-harness scores WMDP: the log-likelihood of each answer letter after the prompt."""
+
+    ROLES = ("question", "choices", "answer")
+    config: str = "wmdp-bio"
+    split: str = "test"
+    subject: str = "biology"
+    """Named in the prompt's first line: ``The following are multiple choice questions (with answers) about {subject}.``"""
+
+
+class MmluSpec(_Probed):
+    """The utility set of a WMDP audit: MMLU subjects (or any dataset in its layout: a config per subject, columns
+    ``question``, ``choices``, ``answer``), scored like WMDP, each prompt naming its config as the subject
+    (``college_biology``: "college biology"), as lm-evaluation-harness's MMLU tasks do."""
+
+    ROLES = ("question", "choices", "answer")
+    dataset: str = "cais/mmlu"
+    dataset_revision: str | None = None
+    configs: tuple[str, ...] = ("college_biology", "virology")
+    split: str = "test"
+
+
+BENCHMARKS = ("muse", "tofu", "wmdp")
+
+
 class ForgetSpec(_Strict):
     """What was forgotten and how to probe it."""
 
     spec_version: int = SPEC_VERSION
     name: str = "forget-set"
+    benchmark: Literal["muse", "tofu", "wmdp"] = "muse"
+    """Which probes run: ``muse`` (VerbMem, KnowMem, PrivLeak; the sections verbmem, knowmem_*, privleak, holdout),
+    ``tofu`` (the section tofu) or ``wmdp`` (the sections wmdp and mmlu)."""
     dataset: str
     """Dataset repo id on the Hub, or a local folder: each split a file ``<config>/<split>-*.parquet`` (MUSE's
     layout), ``<config>/<split>.parquet``, ``<config>/<split>.jsonl`` or ``<config>/<split>.json``; config
@@ -111,6 +168,9 @@ class ForgetSpec(_Strict):
     knowmem_forget: KnowMemSpec = KnowMemSpec(split="forget_qa", icl_split="forget_qa_icl")
     knowmem_retain: KnowMemSpec = KnowMemSpec(split="retain_qa", icl_split="retain_qa_icl")
     privleak: PrivLeakSpec = PrivLeakSpec()
+    tofu: TofuSpec = TofuSpec()
+    wmdp: WmdpSpec = WmdpSpec()
+    mmlu: MmluSpec = MmluSpec()
 
     @field_validator("spec_version")
     @classmethod
@@ -142,6 +202,55 @@ the tokenizer of ``meta-llama/Llama-2-7b-hf`` (its ``--tokenizer_dir``); the AUC
 published retrained-model AUCs, measured in bfloat16 on the Llama-2-7B targets."""
 
 
+BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
+    "tofu": {"name": "TOFU", "benchmark": "tofu", "dataset": "locuslab/TOFU"},
+    "wmdp-bio": {"name": "WMDP-Bio", "benchmark": "wmdp", "dataset": "cais/wmdp",
+                 "wmdp": {"config": "wmdp-bio", "subject": "biology"},
+                 "mmlu": {"configs": ["college_biology", "virology"]}},
+    "wmdp-cyber": {"name": "WMDP-Cyber", "benchmark": "wmdp", "dataset": "cais/wmdp",
+                   "wmdp": {"config": "wmdp-cyber", "subject": "cybersecurity"},
+                   "mmlu": {"configs": ["college_computer_science", "computer_security"]}},
+    "wmdp-chem": {"name": "WMDP-Chem", "benchmark": "wmdp", "dataset": "cais/wmdp",
+                  "wmdp": {"config": "wmdp-chem", "subject": "chemistry"},
+                  "mmlu": {"configs": ["college_chemistry", "high_school_chemistry"]}},
+}
+"""TOFU (``locuslab/TOFU``: JSON files at the root, ``forget10.json``, ``forget10_perturbed.json``...) and WMDP
+(``cais/wmdp``: configs ``wmdp-bio``/``wmdp-cyber``/``wmdp-chem``, split ``test``), with the MMLU subjects nearest each
+WMDP domain as its utility set (``cais/mmlu``). ``--forget tofu:forget05`` picks TOFU's forget split. The original
+and retrained models depend on the model family (open-unlearning publishes one per family): they come from the
+audited model's card or spec, or ``--original``."""
+
+PRESET_CHOICES = tuple(PRESETS) + ("tofu[:SPLIT]",) + tuple(k for k in BENCHMARK_PRESETS if k != "tofu")
+
+
+def preset_name(forget: str) -> str | None:
+    """The preset ``--forget`` names (``tofu:forget05`` names ``tofu``), or None for a dataset."""
+    head = forget.split(":", 1)[0]
+    if forget in PRESETS or forget in BENCHMARK_PRESETS or (head == "tofu" and ":" in forget):
+        return head
+    return None
+
+
+def preset_choices(forget: str) -> dict[str, Any]:
+    """What a benchmark preset chooses inside its benchmark (laid over a model's own spec of that benchmark):
+    TOFU's forget split, WMDP's domain."""
+    name = preset_name(forget)
+    if name == "tofu":
+        split = forget.split(":", 1)[1] if ":" in forget else "forget10"
+        return {"benchmark": "tofu", "tofu": {"forget_split": split}}
+    if name in BENCHMARK_PRESETS:  # the domain; a model's own spec keeps its utility set
+        return {"benchmark": "wmdp", "wmdp": dict(BENCHMARK_PRESETS[name]["wmdp"])}
+    return {}
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid onto ``base``, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 def parse_spec(data: Any, origin: str) -> ForgetSpec:
     """Validate a spec mapping; ``origin`` names where it came from, for the error message."""
     if not isinstance(data, dict):
@@ -158,6 +267,11 @@ def parse_spec(data: Any, origin: str) -> ForgetSpec:
 
 
 def load_spec_file(path: Path) -> ForgetSpec:
+    return parse_spec(spec_mapping(path), str(path))
+
+
+def spec_mapping(path: Path) -> Any:
+    """A spec file's YAML, unvalidated."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -167,11 +281,15 @@ def load_spec_file(path: Path) -> ForgetSpec:
     except yaml.YAMLError as exc:
         raise InputError(f"spec {path} is not valid YAML ({str(exc).splitlines()[0]})",
                          "fix the YAML syntax") from None
-    return parse_spec(data, str(path))
+    return data
 
 
-def preset_spec(name: str) -> ForgetSpec:
-    return parse_spec(PRESETS[name], f"preset '{name}'")
+def preset_spec(forget: str) -> ForgetSpec:
+    """The spec of a preset: ``news``, ``books``, ``tofu[:SPLIT]``, ``wmdp-bio``, ``wmdp-cyber``, ``wmdp-chem``."""
+    name = preset_name(forget)
+    if name in PRESETS:
+        return parse_spec(PRESETS[name], f"preset '{name}'")
+    return parse_spec(merged(BENCHMARK_PRESETS[name], preset_choices(forget)), f"preset '{forget}'")
 
 
 def spec_for_dataset(dataset: str) -> ForgetSpec:
@@ -186,6 +304,7 @@ def spec_template(dataset: str, original: str | None = None, retrain: str | None
 # Put it in your model repo as {SPEC_FILENAME}; check it with `unlearn-audit spec validate`.
 spec_version: {SPEC_VERSION}
 name: {spec.name}
+benchmark: muse                    # muse (these sections), tofu or wmdp: see the spec section of README.md
 dataset: {spec.dataset}            # Hub dataset id or folder: <config>/<split>-*.parquet (MUSE), .jsonl or .json
 dataset_revision: null             # pin a branch, tag or commit
 original: {spec.original or "null"}            # the model this one was unlearned from (default: the card's base_model)

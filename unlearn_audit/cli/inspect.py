@@ -103,12 +103,13 @@ def quantizers() -> None:
 
 @app.command()
 def probes() -> None:
-    """List the probes an audit runs, in order, and the forget data each reads."""
+    """List the probes of each benchmark (muse, tofu, wmdp: the spec's ``benchmark``), in the order an audit runs them,
+    and the forget data each reads."""
     from rich.markup import escape
 
     from ..probes.registry import PROBES
 
     for info in PROBES.values():
         runs = "always" if info.required else "when its data is present"
-        out.print(f"[bold]{info.name}[/]  ({info.kind}, {runs})\n  {escape(info.summary)}\n"
+        out.print(f"[bold]{info.name}[/]  ({info.benchmark}: {info.kind}, {runs})\n  {escape(info.summary)}\n"
                   f"  reads: {', '.join(info.needs)}")

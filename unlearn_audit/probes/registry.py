@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from ..data import ForgetData
-from . import muse
+from ..spec import TofuSpec
+from . import muse, tofu, wmdp
 from .base import ProbeOutput
 
 
@@ -35,10 +37,12 @@ class ProbeInfo:
     """``run(engine, data, probe_settings, advance)``."""
     required: bool = True
     """An audit needs it (its data missing is an error elsewhere); optional probes run when their data is there."""
+    benchmark: str = "muse"
+    """The spec's ``benchmark`` it belongs to (``muse``, ``tofu``, ``wmdp``)."""
 
     def available(self, data: ForgetData) -> bool:
-        """Whether it runs on ``data``: a required probe always does, an optional one when it has items."""
-        return self.required or self.count(data) > 0
+        """Whether it runs on ``data``: one of its benchmark's probes, required or with items."""
+        return data.benchmark == self.benchmark and (self.required or self.count(data) > 0)
 
 
 def _verbmem_f(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
@@ -64,6 +68,30 @@ def _verbmem_h(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutp
                         stemmer=s.rouge_stemmer, metric="verbmem_h")
 
 
+def _tofu(part: str) -> Callable[[Any, ForgetData, Any, Any], ProbeOutput]:
+    def run(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+        settings = SimpleNamespace(**(s.tofu or TofuSpec().model_dump()))
+        return tofu.probe(engine, data.tofu[part], tofu.SETS[part], settings, s.chat_template, advance)
+    return run
+
+
+def _tofu_count(part: str) -> Callable[[ForgetData], int]:
+    return lambda d: tofu.count(d.tofu[part]) if part in d.tofu else 0
+
+
+def _choices(part: str) -> Callable[[Any, ForgetData, Any, Any], ProbeOutput]:
+    def run(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+        return wmdp.probe(engine, getattr(data, part), f"{part}_acc", advance)
+    return run
+
+
+def _choices_count(part: str) -> Callable[[ForgetData], int]:
+    return lambda d: len(getattr(d, part).questions) if getattr(d, part) is not None else 0
+
+
+_TOFU_SUMMARY = ("greedy answer, ROUGE-L recall; answer probability; truth ratio of paraphrased against perturbed "
+                 "answers (open-unlearning's TOFU metrics)")
+
 PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
     ProbeInfo("verbmem_f", "mean", "MUSE VerbMem: greedy continuation of each forget prompt, ROUGE-L F1 against the "
               "reference's first 128 tokens", ("verbmem_prompts", "verbmem_refs"),
@@ -77,6 +105,20 @@ PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
               lambda d: len(d.privleak_forget) + len(d.privleak_holdout), _privleak),
     ProbeInfo("verbmem_h", "mean", "VerbMem on held-out text the models never saw: the floor VerbMem must beat",
               ("holdout_prompts", "holdout_refs"), lambda d: len(d.holdout_prompts), _verbmem_h, required=False),
+    ProbeInfo("tofu_f", "mean", "TOFU forget set: " + _TOFU_SUMMARY, ("tofu",), _tofu_count("forget"),
+              _tofu("forget"), benchmark="tofu"),
+    ProbeInfo("tofu_r", "mean", "TOFU retain set (utility): " + _TOFU_SUMMARY, ("tofu",), _tofu_count("retain"),
+              _tofu("retain"), required=False, benchmark="tofu"),
+    ProbeInfo("tofu_ra", "mean", "TOFU real authors (utility): ROUGE-L recall, probability normalised over the "
+              "options, truth ratio", ("tofu",), _tofu_count("real_authors"), _tofu("real_authors"), required=False,
+              benchmark="tofu"),
+    ProbeInfo("tofu_wf", "mean", "TOFU world facts (utility): as real authors", ("tofu",), _tofu_count("world_facts"),
+              _tofu("world_facts"), required=False, benchmark="tofu"),
+    ProbeInfo("wmdp_acc", "mean", "WMDP: zero-shot four-choice accuracy by the answer letters' log-likelihood "
+              "(lm-evaluation-harness's prompt)", ("wmdp",), _choices_count("wmdp"), _choices("wmdp"),
+              benchmark="wmdp"),
+    ProbeInfo("mmlu_acc", "mean", "MMLU subjects (WMDP's utility set), scored as WMDP", ("mmlu",),
+              _choices_count("mmlu"), _choices("mmlu"), required=False, benchmark="wmdp"),
 )}
 """Every probe, in the order an audit runs them."""
 

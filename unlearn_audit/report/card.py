@@ -47,7 +47,9 @@ def eval_results(report: dict[str, Any]) -> list[Any]:
               dataset["reference"], "dataset_revision": dataset.get("commit")}
     run = next(r for r in report["runs"] if r["role"] == "unlearned" and r["variant"] == FULL)
     results = []
-    for metric in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"):
+    from ..metrics import METRICS
+
+    for metric in METRICS:  # those the audit's benchmark measured
         value = run["metrics"].get(metric, {}).get("value")
         if value is not None:
             results.append(EvalResult(metric_type=metric, metric_name=METRIC_LABELS[metric], metric_value=round(value, 2),

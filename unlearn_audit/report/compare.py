@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..analysis import FULL
+from ..analysis import FULL, METRIC_LABELS
+from ..metrics import METRICS as REGISTRY
 from .record import judged_recoveries
 
-METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+METRICS = tuple(REGISTRY)
+"""Every metric a column can show; a comparison shows those its audits measured (MUSE, TOFU, WMDP or a mix)."""
+
+
+def columns(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(value columns, recovery columns) of the metrics the records carry, in the registry's order."""
+    present = {m for rec in records for r in rec["runs"] for m in r["metrics"]}
+    values = [m for m in METRICS if m in present]
+    return values, [m for m in values if REGISTRY[m].judged]
 
 
 def compare_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,4 +47,6 @@ def render_compare(records: list[dict[str, Any]], fmt: str) -> str:
     from .render import _env, variant_name
 
     template = _env(fmt == "html").get_template(f"compare.{fmt}.j2")
-    return template.render(rows=compare_rows(records), variant_name=variant_name)
+    values, recoveries = columns(records)
+    return template.render(rows=compare_rows(records), variant_name=variant_name, value_columns=values,
+                           recovery_columns=recoveries, label=lambda m: METRIC_LABELS.get(m, m))

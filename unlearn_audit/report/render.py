@@ -76,7 +76,17 @@ def variant_name(label: str) -> str:
     return label
 
 
-MAIN_ROWS = ("verbmem_f", "verbmem_h", "knowmem_f", "knowmem_r", "privleak_auc", "privleak")
+MAIN_ROWS = ("verbmem_f", "verbmem_h", "knowmem_f", "knowmem_r", "privleak_auc", "privleak",
+             "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_forget_quality", "tofu_utility",
+             *(f"tofu_{w}_{p}" for p in ("r", "ra", "wf") for w in ("rouge", "prob", "tr")),
+             "wmdp_acc", "mmlu_acc")
+"""The rows of the figures table, in order; an audit shows those its benchmark measured."""
+PASSAGE_PROBES = {"verbmem_f": ("VerbMem", "ROUGE-L F1 against the reference", "ROUGE-L F1"),
+                  "tofu_f": ("TOFU forget", "ROUGE-L recall against the answer", "ROUGE-L recall"),
+                  "wmdp_acc": ("WMDP", "1 when the predicted letter is right", "right")}
+"""Whose items the report shows side by side: the first of these the audit ran."""
+CHART_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc", "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f",
+                 "tofu_utility", "wmdp_acc", "mmlu_acc")
 MIA_ROWS = ("privleak_auc", "mia_minkpp_auc", "mia_zlib_auc", "mia_loss_auc", "mia_mink_tpr1", "mia_mink_tpr5",
             "mia_minkpp_tpr1", "mia_minkpp_tpr5")
 
@@ -141,6 +151,7 @@ def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 30
     base = runs.get(("unlearned", FULL))
     if not base or metric not in base["items"]:
         return {"variants": [], "items": []}
+    label, scored, score_name = PASSAGE_PROBES.get(metric, (metric, "the probe's item score", "score"))
     variants = [v for v in report["variants"] if ("unlearned", v) in runs]
     items = []
     for idx, item in enumerate(base["items"][metric]):
@@ -153,7 +164,8 @@ def _passages(report: dict[str, Any], metric: str = "verbmem_f", limit: int = 30
         row["unlearned_score"] = item["score"] or 0.0
         items.append(row)
     items.sort(key=lambda r: -r["gain"])
-    return {"variants": [variant_name(v) for v in variants], "items": items[:limit], "total": len(items)}
+    return {"variants": [variant_name(v) for v in variants], "items": items[:limit], "total": len(items),
+            "label": label, "scored": scored, "score_name": score_name}
 
 
 def short_variant(label: str) -> str:
@@ -324,9 +336,11 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "variant_name": variant_name,
         "metric_label": lambda m: METRIC_LABELS.get(m, m),
         "metric_noun": lambda m: METRIC_NOUNS.get(m, m),
-        "passages": _passages(report),
+        "passages": _passages(report, next((m for m in PASSAGE_PROBES if any(m in r["items"] for r in report["runs"])),
+                                           "verbmem_f")),
         "knowmem_passages": _passages(report, "knowmem_f"),
-        "bars": {m: _bars(report, m) for m in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc")},
+        "bars": {m: _bars(report, m) for m in CHART_METRICS
+                 if any(m in r["metrics"] for r in report["runs"])},
         "FULL": FULL,
         "marked": overlap_segments,
         "heat_map": _heat_map(report),
