@@ -138,7 +138,7 @@ def test_miniature_prints_a_usable_cache_line(world):
 
 OUR_LINES = re.compile(r"^(fetching the weights of |weight diagnostic|loading \w+ model |(unlearned|original|retrain|reference)"
                        r" · |calibrating |\w+: reusing |merging the adapter |warning: |(PASS|FAIL|INCONCLUSIVE): |"
-                       r"  (json|md|html) |miniature/\w+ \(expected |Audit the miniature yourself:|  HF_HUB_CACHE=|$)")
+                       r"  (json|md|html) |miniature/[\w-]+ \(expected |Audit the \w+ miniature yourself:|  HF_HUB_CACHE=|$)")
 
 
 @pytest.mark.parametrize("command", [

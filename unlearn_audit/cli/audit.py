@@ -19,7 +19,8 @@ from .common import (CacheOpt, DeviceOpt, FormatOpt, MaxItemsOpt, OutOpt, QuantO
 def check(
     model: Annotated[str, typer.Argument(help="The unlearned model: Hub id (org/name) or local folder.")],
     forget: Annotated[Optional[str], typer.Option(
-        "--forget", help="Forget set: preset (news, books), dataset repo id or folder.")] = None,
+        "--forget", help="Forget set: a preset (news, books: MUSE; tofu[:SPLIT], e.g. tofu:forget05; wmdp-bio, "
+                         "wmdp-cyber, wmdp-chem), a dataset repo id or a folder.")] = None,
     spec: Annotated[Optional[Path], typer.Option("--spec", help="Forget-set spec file (unlearn_audit.yaml).")] = None,
     original: Annotated[Optional[str], typer.Option(
         "--original", help="The original model (default: the spec's, else the card's base_model).")] = None,
@@ -122,37 +123,58 @@ def check(
     raise typer.Exit(guarded(run))
 
 
+WORLDS = {
+    "muse": {"models": ("fragile", "robust"), "forget": None, "quant": "paper,rtn:4,rtn:3"},
+    "tofu": {"models": ("tofu-fragile", "tofu-robust"), "forget": "tofu:forget10", "quant": "rtn:4"},
+    "wmdp": {"models": ("wmdp-fragile", "wmdp-robust"), "forget": "wmdp-bio", "quant": "rtn:4"},
+}
+"""The miniature worlds ``demo --world`` builds and audits: each a checkpoint 4-bit quantization undoes (FAIL) and
+one it does not (PASS); TOFU and WMDP audited through their ``--forget`` presets."""
+
+
 @app.command()
 def demo(
     out_dir: OutOpt = Path("unlearn-audit-demo"),
     quant: QuantOpt = ["rtn:8,rtn:4,bnb:fp4"],
     root: RootOpt = None,
     rebuild: RebuildOpt = False,
+    world: Annotated[str, typer.Option(
+        "--world", help="Which miniature world: muse (the quick default), tofu, wmdp, or all.")] = "muse",
 ) -> None:
-    """Build (or reuse) the miniature world and audit its fragile and robust checkpoints."""
+    """Build (or reuse) a miniature world and audit its fragile and robust checkpoints (expected: FAIL, PASS)."""
 
     def run() -> int:
+        from ..errors import UsageError
         from ..pipeline import audit, prepare_out_dir, write_reports
 
-        world = _build_world(root, rebuild)
-        expected = {"fragile": "FAIL", "robust": "PASS"}
+        names = list(WORLDS) if world == "all" else [world]
+        if any(name not in WORLDS for name in names):
+            raise UsageError(f"unknown world '{world}'", f"use one of {', '.join(WORLDS)}, or all")
         ok = True
-        for name, want in expected.items():
-            folder = out_dir / name
-            prepare_out_dir(folder)
-            config = AuditConfig(model=world.repo(name), quant=_split(quant), out_dir=folder, cache_dir=world.hub_cache,
-                                 offline=True, command=f"HF_HUB_CACHE={shlex.quote(str(world.hub_cache))} HF_HUB_OFFLINE=1 "
-                                 f"unlearn-audit check {world.repo(name)} --quant {','.join(_split(quant))} --out {shlex.quote(str(folder))}")
-            with reporter() as progress:
-                report = audit(config, progress)
-            files = write_reports(report, folder, config.formats)
-            out.print(f"[bold]{world.repo(name)}[/] (expected {want})")
-            _print_verdict(report.verdict, files)
-            ok &= report.verdict["decision"] == want
-        out.print(f"\nAudit the miniature yourself:\n  HF_HUB_CACHE={world.hub_cache} HF_HUB_OFFLINE=1 "
-                  "unlearn-audit check miniature/fragile --quant paper,rtn:4,rtn:3", soft_wrap=True)
+        for name in names:
+            built = _build_world(root, rebuild, name)
+            spec = WORLDS[name]
+            for model, want in zip(spec["models"], ("FAIL", "PASS")):
+                folder = out_dir / model if len(names) == 1 else out_dir / name / model
+                prepare_out_dir(folder)
+                forget = f" --forget {spec['forget']}" if spec["forget"] else ""
+                config = AuditConfig(model=built.repo(model), forget=spec["forget"], quant=_split(quant), out_dir=folder,
+                                     cache_dir=built.hub_cache, offline=True,
+                                     command=f"HF_HUB_CACHE={shlex.quote(str(built.hub_cache))} HF_HUB_OFFLINE=1 "
+                                     f"unlearn-audit check {built.repo(model)}{forget} --quant {','.join(_split(quant))} "
+                                     f"--out {shlex.quote(str(folder))}")
+                with reporter() as progress:
+                    report = audit(config, progress)
+                files = write_reports(report, folder, config.formats)
+                out.print(f"[bold]{built.repo(model)}[/] (expected {want})")
+                _print_verdict(report.verdict, files)
+                ok &= report.verdict["decision"] == want
+            forget = f" --forget {spec['forget']}" if spec["forget"] else ""
+            out.print(f"\nAudit the {name} miniature yourself:\n  HF_HUB_CACHE={built.hub_cache} HF_HUB_OFFLINE=1 "
+                      f"unlearn-audit check {built.repo(spec['models'][0])}{forget} --quant {spec['quant']}\n",
+                      soft_wrap=True)
         if not ok:
-            err.print("[bold red]error:[/] the miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
+            err.print("[bold red]error:[/] a miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
                       "Fix: rebuild it with --rebuild; if it persists, report it.", soft_wrap=True)
             return int(ExitCode.FAIL)
         return 0
@@ -160,10 +182,16 @@ def demo(
     raise typer.Exit(guarded(run))
 
 
-def _build_world(root: Optional[Path], rebuild: bool):  # noqa: ANN202
+def _build_world(root: Optional[Path], rebuild: bool, kind: str = "muse"):  # noqa: ANN202
+    import functools
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..miniature.build import build_miniature
+    from ..miniature.worlds import build_world
+
+    if kind != "muse":
+        build_miniature = functools.partial(build_world, kind)  # noqa: F811
 
     if not err.is_terminal:  # logs: a line per finished stage
         def line(stage: str, done: int, total: int) -> None:

@@ -71,14 +71,25 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:  # noqa: ANN001
     return [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts)["input_ids"]]
 
 
+class Scored(list):
+    """Token ids whose loss counts only from index ``start`` on (an answer after its question, as open-unlearning
+    masks the prompt's labels)."""
+
+    def __init__(self, ids: list[int], start: int) -> None:
+        super().__init__(ids)
+        self.start = start
+
+
 def _batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
+        ids[i, : len(s)] = torch.tensor(list(s))
         mask[i, : len(s)] = 1
     labels = ids.masked_fill(mask == 0, -100)
+    for i, s in enumerate(seqs):
+        labels[i, : getattr(s, "start", 0)] = -100
     return ids, mask, labels
 
 
