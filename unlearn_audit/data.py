@@ -27,7 +27,9 @@ def read_split(folder: Path, config: str, split: str, columns: list[str],
         files = _split_files(folder, config, alt) if alt else []
     if not files:
         available = sorted({p.name.split("-")[0].split(".")[0] for p in _config_dir(folder, config).glob("*")
-                            if p.suffix in (".parquet", ".jsonl", ".json")} | set(card_data_files(folder).get(config, {})))
+                            if p.suffix in (".parquet", ".jsonl", ".json")}
+                           | {name for name, patterns in card_data_files(folder).get(config, {}).items()
+                              if _mapped_files(folder, patterns)})
         if not available:
             raise InputError(f"dataset {folder.name} has no config '{config}'",
                              "check the dataset layout (<config>/<split>-*.parquet, <config>/<split>.jsonl, or config "
@@ -90,10 +92,14 @@ def card_data_files(folder: Path) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def _mapped_files(folder: Path, patterns: list[str]) -> list[Path]:
+    return sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})
+
+
 def _split_files(folder: Path, config: str, split: str) -> list[Path]:
-    mapped = card_data_files(folder).get(config, {}).get(split)
-    if mapped:  # the card's configs: mapping names the files
-        return sorted({f for pattern in mapped for f in folder.glob(pattern) if f.is_file()})
+    mapped = _mapped_files(folder, card_data_files(folder).get(config, {}).get(split) or [])
+    if mapped:  # the card's configs: mapping names the files (when they are there: else the folder's layout)
+        return mapped
     base = _config_dir(folder, config)
     return (sorted(base.glob(f"{split}-*.parquet")) + sorted(base.glob(f"{split}.parquet"))
             + sorted(base.glob(f"{split}.jsonl")) + sorted(base.glob(f"{split}.json")))

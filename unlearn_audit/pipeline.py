@@ -438,6 +438,9 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
                          "probed as the reference; VerbMem is read against the holdout floor.")
             del repos[role], tokenizers[role], found_by[role]
     data = cut_like_verbmem(data, tokenizers["unlearned"].tokenizer, config.probes.verbmem_max_new_tokens)
+    if (config.probes.chat_template or spec.chat_template) and spec.benchmark == "wmdp":
+        notes.append("WMDP and MMLU are scored without a chat template, as lm-evaluation-harness scores them by "
+                     "default; the chat template setting applies to TOFU and KnowMem prompts only.")
     if config.probes.chat_template or spec.chat_template:
         for role, choice in tokenizers.items():
             if not getattr(choice.tokenizer, "chat_template", None):
