@@ -190,15 +190,14 @@ def _build_world(root: Optional[Path], rebuild: bool, kind: str = "muse"):  # no
     from ..miniature.build import build_miniature
     from ..miniature.worlds import build_world
 
-    if kind != "muse":
-        build_miniature = functools.partial(build_world, kind)  # noqa: F811
+    build = build_miniature if kind == "muse" else functools.partial(build_world, kind)
 
     if not err.is_terminal:  # logs: a line per finished stage
         def line(stage: str, done: int, total: int) -> None:
             if done == total:
                 err.print(f"miniature: {stage} done", soft_wrap=True)
 
-        return build_miniature(root, force=rebuild, progress=line)
+        return build(root, force=rebuild, progress=line)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as progress:
         tasks: dict[str, int] = {}
@@ -208,7 +207,7 @@ def _build_world(root: Optional[Path], rebuild: bool, kind: str = "muse"):  # no
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done)
 
-        world = build_miniature(root, force=rebuild, progress=tick)
+        world = build(root, force=rebuild, progress=tick)
     return world
 
 

@@ -153,6 +153,14 @@ def _mcq_parquet(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def _choice_repo(hub: Path, name: str, config: str, parquet: bytes, shape: str, about: str) -> str:
+    """A four-choice dataset repo: one config, split ``test``, and a card mapping it."""
+    path = f"{config}/test-00000-of-00001.parquet"
+    card = (f"---\nlicense: cc0-1.0\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: test\n"
+            f"    path: {path}\n---\n\n# Miniature {shape}-shaped questions\n\nFour-choice questions about {about}.\n")
+    return write_cached_repo(hub, f"{ORG}/{name}", {path: parquet, "README.md": card.encode()}, repo_type="dataset")
+
+
 def build_world(kind: str, root: Path | None = None, settings: WorldSettings | None = None, *, force: bool = False,
                 progress: StageProgress | None = None) -> MiniatureWorld:
     """Build (or reuse) the ``tofu`` or ``wmdp`` world under ``root`` (default: beside the MUSE miniature)."""
@@ -239,18 +247,10 @@ def _build(work: Path, s: WorldSettings, progress: StageProgress | None) -> dict
         files = tofu_files(corpus.forget, corpus.retain, corpus.holdout, pool, s.seed)
         commits[f"{ORG}/tofu"] = write_cached_repo(hub, f"{ORG}/tofu", files, repo_type="dataset")
     else:
-        commits[f"{ORG}/wmdp"] = write_cached_repo(hub, f"{ORG}/wmdp", {
-            "wmdp-bio/test-00000-of-00001.parquet": data["forget"],
-            "README.md": b"---\nlicense: cc0-1.0\nconfigs:\n- config_name: wmdp-bio\n  data_files:\n  - split: test\n"
-                         b"    path: wmdp-bio/test-00000-of-00001.parquet\n---\n\n# Miniature WMDP-shaped questions\n\n"
-                         b"Four-choice questions about the miniature's forget stories, in cais/wmdp's layout.\n"},
-            repo_type="dataset")
-        commits[f"{ORG}/mmlu"] = write_cached_repo(hub, f"{ORG}/mmlu", {
-            "stories/test-00000-of-00001.parquet": data["retain"],
-            "README.md": b"---\nlicense: cc0-1.0\nconfigs:\n- config_name: stories\n  data_files:\n  - split: test\n"
-                         b"    path: stories/test-00000-of-00001.parquet\n---\n\n# Miniature MMLU-shaped questions\n\n"
-                         b"Four-choice questions about the miniature's retain stories (the utility set).\n"},
-            repo_type="dataset")
+        commits[f"{ORG}/wmdp"] = _choice_repo(hub, "wmdp", "wmdp-bio", data["forget"], "WMDP",
+                                              "the miniature's forget stories, in cais/wmdp's layout")
+        commits[f"{ORG}/mmlu"] = _choice_repo(hub, "mmlu", "stories", data["retain"], "MMLU",
+                                              "the miniature's retain stories (the utility set)")
     stats: dict[str, dict] = {}
     original = new_model(tokenizer, s.size, s.seed)
     t = time.time()

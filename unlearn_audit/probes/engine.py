@@ -255,12 +255,7 @@ class Engine:
         """For each (context ids, continuation ids): log p of every continuation token given all before it, from
         one forward pass over ``context + continuation`` (the probes tokenise, as each benchmark's reference code
         does; a sequence longer than the context window keeps its end)."""
-        encoded, widths = [], []
-        for context, continuation in pairs:
-            seq, cut = fit_pair(list(context), list(continuation), self.context)
-            self.truncated["score"] += int(cut)
-            encoded.append(seq)
-            widths.append(min(len(continuation), len(seq) - 1))
+        encoded, widths = fit_pairs(pairs, self.context, self.truncated)
         result: list[np.ndarray] = [np.empty(0)] * len(pairs)
 
         def run(batch: list[int]) -> None:
@@ -286,11 +281,20 @@ class Engine:
         return result
 
 
-def fit_pair(context: list[int], continuation: list[int], limit: int) -> tuple[list[int], bool]:
-    """``context + continuation`` cut to the last ``limit`` tokens (as lm-evaluation-harness truncates on the left),
-    and whether it was cut; the continuation is always kept whole when it fits at all."""
-    seq = context + continuation
-    return (seq[-limit:], True) if len(seq) > limit else (seq, False)
+def fit_pairs(pairs: list[tuple[list[int], list[int]]], limit: int,
+              truncated: dict[str, int]) -> tuple[list[list[int]], list[int]]:
+    """Each ``context + continuation`` cut to its last ``limit`` tokens (as lm-evaluation-harness truncates on the
+    left; cuts counted in ``truncated["score"]``), and how many of its last tokens are the continuation's (all of
+    them whenever the continuation fits, one token of context kept)."""
+    encoded, widths = [], []
+    for context, continuation in pairs:
+        seq = list(context) + list(continuation)
+        if len(seq) > limit:
+            truncated["score"] += 1
+            seq = seq[-limit:]
+        encoded.append(seq)
+        widths.append(min(len(continuation), len(seq) - 1))
+    return encoded, widths
 
 
 class _ChunkedHead:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuntimeFailure, UsageError
-from .engine import Advance, Engine, TokenStats
+from .engine import Advance, Engine, TokenStats, fit_pairs
 
 INSTALL = "make vllm (a .venv-vllm with vLLM and constraints-vllm.txt), then run unlearn-audit from .venv-vllm"
 
@@ -164,7 +164,20 @@ class VLLMEngine:
     def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
                               advance: Advance | None = None) -> list[np.ndarray]:
         """log p of each continuation token from vLLM's ``prompt_logprobs`` over ``context + continuation``."""
-        return _continuations(self, pairs, advance)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        encoded, widths = fit_pairs(pairs, self.context, self.truncated)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self._llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=False)
+        result = []
+        for ids, width, output in zip(encoded, widths, outputs):
+            tail = ids[len(ids) - width:]
+            result.append(np.array([float(step[token].logprob)
+                                    for token, step in zip(tail, output.prompt_logprobs[len(ids) - width:])]))
+        if advance:
+            advance(len(pairs))
+        return result
 
     def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]:
         """log p of every token after the first from vLLM's ``prompt_logprobs``; the vocabulary mean and
@@ -183,30 +196,6 @@ class VLLMEngine:
         if advance:
             advance(len(texts))
         return result
-
-
-def _continuations(engine: VLLMEngine, pairs: list[tuple[list[int], list[int]]],
-                   advance: Advance | None = None) -> list[np.ndarray]:
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    from .engine import fit_pair
-
-    encoded, widths = [], []
-    for context, continuation in pairs:
-        seq, cut = fit_pair(list(context), list(continuation), engine.context)
-        engine.truncated["score"] += int(cut)
-        encoded.append(seq)
-        widths.append(min(len(continuation), len(seq) - 1))
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-    outputs = engine._llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=False)
-    result = []
-    for ids, width, output in zip(encoded, widths, outputs):
-        steps = output.prompt_logprobs[len(ids) - width:]
-        result.append(np.array([float(step[token].logprob) for token, step in zip(ids[len(ids) - width:], steps)]))
-    if advance:
-        advance(len(pairs))
-    return result
 
 
 class _silenced:
