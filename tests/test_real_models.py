@@ -147,7 +147,8 @@ def test_gguf_variants_on_real_widths_and_tied_embeddings(world, stories_pair, t
     """llama.cpp on a real checkpoint: tied embeddings (the head is the embedding, quantized once) and 172-wide
     rows that no GGUF block type takes (llama.cpp keeps them in F16): the proofs count what the file holds,
     the fixed-grid diagnostic leaves those matrices out and says so, and the k-quant mix is compared from
-    the two files; the nudge (1e-4 relative) is far below every grid's step, so each predicts recovery."""
+    the two files; the nudge (1e-4 relative) is far below every grid's step: almost every level stays, yet the quantized
+    models differ, so the probes decide, and what is left of the nudge is the nudge itself, dithered (kept about 1)."""
     original, nudged = stories_pair
     out = tmp_path / "out"
     result = runner.invoke(app, ["check", str(nudged), "--original", str(original), "--forget", "miniature/news",
@@ -166,5 +167,7 @@ def test_gguf_variants_on_real_widths_and_tied_embeddings(world, stories_pair, t
     assert len(diff["left_out"]["gguf:q4_0"]) == 5 and "172" in next(iter(diff["left_out"]["gguf:q4_0"].values()))
     assert diff["overall"]["gguf:q4_k_m"]["by_type"]["Q5_0"]["tensors"] > 0  # 64-wide rows: k-quants fall back
     for label in ("gguf:q4_0", "gguf:q4_k_m"):
-        assert diff["overall"][label]["reading"] == "predicts recovery"
+        assert diff["overall"][label]["same_code_of_moved"] > 0.99
+        assert diff["overall"][label]["reading"] == "probes decide"
+        assert 0.5 < diff["overall"][label]["kept"] < 1.5
     assert "5 matrices left out" in (out / "report.md").read_text()

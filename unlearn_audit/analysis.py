@@ -1,7 +1,7 @@
 """From probe outputs to figures: headline values, residual and recovery shares, all with paired
 95% bootstrap intervals (the same resampled items for every model and variant; seeded).
 
-For a metric M (on a 0-100 scale; AUC x 100 for PrivLeak):
+For a metric M (on a 0-100 scale; AUC x 100 for PrivLeak; the loss screen in nats):
 
 * residual   = (M(unlearned) - M(reference)) / (M(original) - M(reference)): the share of the original's
   knowledge the unlearned model still has at full precision. The reference is the retrained model
@@ -16,7 +16,9 @@ For a metric M (on a 0-100 scale; AUC x 100 for PrivLeak):
 References, strongest first: a retrained model (the spec's ``retrain``); a reference model that never
 saw the forget set (the spec's ``reference``, else the original's card ``base_model``); the holdout
 floor (VerbMem of the original on held-out text cut like the forget set, the floor VerbMem residuals are
-measured above); a constant (0 for KnowMem; a published or 0.5 AUC for PrivLeak).
+measured above; the original's loss on held-out texts for the loss screen); a constant (0 for KnowMem; a published
+or 0.5 AUC for PrivLeak). A metric with none of these (the loss screen of TOFU or WMDP without a reference model)
+has no residual; its recoveries are still computed, since they need no reference.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import METRICS
+from .metrics import METRICS, direction, min_gap as gap_for
 from .probes.base import ProbeOutput
 from .scoring import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
 
@@ -51,6 +53,7 @@ METRIC_LABELS = {
        (("r", "retain"), ("ra", "real authors"), ("wf", "world facts"))
        for what, label in (("rouge", "ROUGE-L recall"), ("prob", "probability"), ("tr", "truth ratio (1 - tr)"))},
     "tofu_forget_quality": "TOFU forget quality (KS-test p-value vs the retained model)",
+    "screen_loss_h": "Loss screen (held-out texts, the floor)",
 }
 METRIC_NOUNS = {m.name: m.noun for m in METRICS.values()}
 
@@ -106,7 +109,11 @@ class Analysis:
     floors: dict[str, dict[str, Interval]] = field(default_factory=dict)
     """Per metric with a holdout probe (VerbMem): role -> its score on held-out text at full precision."""
     floor_gaps: dict[str, float] = field(default_factory=dict)
-    """Per metric: M(original) on the forget set minus on held-out text: memory beyond the floor."""
+    """Per metric: how much more the original knows the forget set than held-out text (M(original) on the forget
+    set minus on held-out text, the other way round for a metric where lower means more knowledge, e.g. a loss)."""
+    unreferenced: list[str] = field(default_factory=list)
+    """Metrics measured with no reference to compare with (no reference model, no held-out texts, no constant
+    floor): no residual; their recoveries are reported."""
     reference_role: str | None = None
     """The probed reference model's role (``retrain`` or ``reference``), if any."""
     forget_quality: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -128,9 +135,13 @@ class Statistic:
     """``mean`` (of item scores), ``auc`` (forget vs holdout) or ``tpr`` (at ``fpr`` on holdout)."""
     key: str = "score"
     fpr: float | None = None
+    scale: float = 100.0
+    """Mean statistics: the item mean times this (100: shares in [0, 1] as points; 1: a loss in nats)."""
 
 
 STATISTICS = (
+    Statistic("screen_loss", "screen_f", "mean", scale=1.0),
+    Statistic("screen_loss_h", "screen_h", "mean", scale=1.0),
     Statistic("verbmem_f", "verbmem_f", "mean"),
     Statistic("verbmem_h", "verbmem_h", "mean"),
     Statistic("knowmem_f", "knowmem_f", "mean"),
@@ -156,9 +167,9 @@ STATISTICS = (
 UTILITY_PARTS = tuple(f"tofu_{what}_{part}" for part in ("r", "ra", "wf") for what in ("prob", "rouge", "tr"))
 """TOFU's model utility: the harmonic mean of these nine (open-unlearning's ``model_utility``: retain, real authors and
 world facts; probability (normalised over the options on the last two), ROUGE-L recall, truth ratio (true better))."""
-SHARE_STATISTIC = {m.name: m.statistic for m in METRICS.values() if m.judged}
+SHARE_STATISTIC = {m.name: m.statistic for m in METRICS.values() if m.judged or m.shares}
 STATISTIC_FLOOR = {m.statistic: m.floor for m in METRICS.values()}
-FLOOR_STATISTIC = {"verbmem_f": "verbmem_h"}
+FLOOR_STATISTIC = {"verbmem_f": "verbmem_h", "screen_loss": "screen_loss_h"}
 """Forget metric -> the same probe on held-out text (its floor)."""
 REFERENCE_ROLES = ("retrain", "reference")
 """Forget metric -> the statistic its residual and recovery are computed on (PrivLeak is affine in the
@@ -183,7 +194,7 @@ class _Resampler:
         if stat.kind == "mean":
             (idx,) = self.indices[stat.probe]
             s = out.scores(key=stat.key)
-            return float(s.mean() * 100), s[idx].mean(axis=1) * 100
+            return float(s.mean() * stat.scale), s[idx].mean(axis=1) * stat.scale
         f, h = out.scores("forget", stat.key), out.scores("holdout", stat.key)
         idx_f, idx_h = self.indices[stat.probe]
         if stat.kind == "auc":
@@ -215,7 +226,7 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
         elif st.name == "privleak_auc":
             value = (reference.privleak_auc if reference.privleak_auc is not None else 0.5) * 100
             refs[st.name] = (value, np.full(resamples, value))
-        else:
+        elif STATISTIC_FLOOR.get(st.name, 0.0) is not None:
             floor = STATISTIC_FLOOR.get(st.name, 0.0)
             refs[st.name] = (floor, np.full(resamples, floor))
         for role, variants in outputs.items():
@@ -239,37 +250,41 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
             variants[variant]["privleak"] = percentile_interval(pl, pl_s)
 
     for metric, name in SHARE_STATISTIC.items():
-        if name not in refs:
-            continue
-        ref_point, ref_samples = refs[name]
-        result.reference[metric] = percentile_interval(ref_point, ref_samples)
+        if ("original", FULL, name) not in points:
+            continue  # not measured in this audit
+        gap = gap_for(metric, min_gap)
         out = outputs["original"][FULL][next(st.probe for st in STATISTICS if st.name == name)]
         result.n_items[metric] = (len(out.items) if out.kind == "mean"
                                   else min(len(out.scores("forget")), len(out.scores("holdout"))))
         o_point, o_s = points[("original", FULL, name)]
         u_point, u_s = points[("unlearned", FULL, name)]
-        result.gaps[metric] = o_point - ref_point
+        if name in refs:
+            ref_point, ref_samples = refs[name]
+            result.reference[metric] = percentile_interval(ref_point, ref_samples)
+            result.gaps[metric] = o_point - ref_point
+            res_point = share(np.array([u_point - ref_point]), np.array([o_point - ref_point]), gap)[0]
+            res_s = share(u_s - ref_samples, o_s - ref_samples, gap)
+            result.residuals.append(Share(metric, None, percentile_interval(float(res_point), res_s)))
+        else:
+            result.unreferenced.append(metric)
         floor = FLOOR_STATISTIC.get(metric)
         if floor and ("original", FULL, floor) in points:
             result.floors[metric] = {role: result.values[role][FULL][floor] for role in outputs
                                      if floor in result.values[role][FULL]}
-            result.floor_gaps[metric] = o_point - points[("original", FULL, floor)][0]
-        res_point = share(np.array([u_point - ref_point]), np.array([o_point - ref_point]), min_gap)[0]
-        res_s = share(u_s - ref_samples, o_s - ref_samples, min_gap)
-        result.residuals.append(Share(metric, None, percentile_interval(float(res_point), res_s)))
+            result.floor_gaps[metric] = direction(metric) * (o_point - points[("original", FULL, floor)][0])
         for variant in outputs["unlearned"]:
             if variant == FULL:
                 continue
             q_point, q_s = points[("unlearned", variant, name)]
-            rec_point = share(np.array([q_point - u_point]), np.array([o_point - u_point]), min_gap)[0]
-            rec_s = share(q_s - u_s, o_s - u_s, min_gap)
+            rec_point = share(np.array([q_point - u_point]), np.array([o_point - u_point]), gap)[0]
+            rec_s = share(q_s - u_s, o_s - u_s, gap)
             result.recoveries.append(Share(metric, variant, percentile_interval(float(rec_point), rec_s)))
             if ref_role is not None and (ref_role, variant, name) in points:
                 r_point, r_s = points[(ref_role, FULL, name)]
                 rq_point, rq_s = points[(ref_role, variant, name)]
                 drift_point, drift_s = rq_point - r_point, rq_s - r_s
-                net_point = share(np.array([q_point - u_point - drift_point]), np.array([o_point - u_point]), min_gap)[0]
-                net_s = share(q_s - u_s - drift_s, o_s - u_s, min_gap)
+                net_point = share(np.array([q_point - u_point - drift_point]), np.array([o_point - u_point]), gap)[0]
+                net_s = share(q_s - u_s - drift_s, o_s - u_s, gap)
                 result.net_recoveries.append(Share(metric, variant, percentile_interval(float(net_point), net_s),
                                                    drift=percentile_interval(float(drift_point), drift_s)))
     return result

@@ -86,6 +86,8 @@ class ProbeSettings:
     ``chat_template``. Off by default, as MUSE."""
     tofu: dict[str, Any] | None = None
     """TOFU audits: the spec's ``tofu`` section (prompt template, system prompt, tokens generated)."""
+    only: tuple[str, ...] | None = None
+    """Run only these registered probes (``unlearn-audit screen``: the loss screen's); None: every probe."""
     bootstrap_resamples: int = 1000
     seed: int = 0
 
@@ -122,6 +124,7 @@ class ProbeSettings:
             key.pop("seed")
         if self.tofu is None:  # MUSE and WMDP audits: the keys they always had
             key.pop("tofu")
+        key.pop("only")  # the run's key names the probes it ran (see pipeline.run_all)
         return key
 
     @property

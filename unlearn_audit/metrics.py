@@ -24,10 +24,18 @@ class Metric:
     """How the verdict names it."""
     knows: str = "higher"
     """``higher`` or ``lower``: which way means the model knows the forget set (or, for utility, does well)."""
-    floor: float = 0.0
+    floor: float | None = 0.0
     """The reference value when no retrained or reference model was probed (a model that never saw the forget
-    set): 0 for memory scores, 25 for four-choice accuracy (chance), 100 for TOFU's forget truth ratio."""
+    set): 0 for memory scores, 25 for four-choice accuracy (chance), 100 for TOFU's forget truth ratio; None where
+    no constant will do (a loss): then its residual needs a reference model or held-out texts."""
     unit: str = "points (0-100)"
+    min_gap: float | None = None
+    """The smallest gap between the original and the reference (or the unlearned model) that the metric's shares
+    are computed over, in its own unit; None: the audit's ``--min-gap`` (points)."""
+    gap_unit: str = "points"
+    shares: bool = False
+    """Residual and recovery shares are computed for it although the verdict does not judge it (the loss screen:
+    reported beside the probes; judged by ``unlearn-audit screen``)."""
     judged: bool = True
     """The verdict judges its residual and recoveries; utility metrics are reported beside them, and so is TOFU's
     forget truth ratio: aggregated as ``min(tr, 1/tr)`` it is not monotone in knowledge (a model pushed to prefer the
@@ -36,6 +44,9 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("screen_loss", "screen_loss", "all", "Loss screen (forget texts)",
+           "forget-text loss (the loss screen)", knows="lower", floor=None, unit="mean token NLL (nats)",
+           judged=False, min_gap=0.1, gap_unit="nats", shares=True),
     Metric("verbmem_f", "verbmem_f", "muse", "VerbMem (forget)", "verbatim memory of the forget set (VerbMem)",
            unit="ROUGE-L F1 × 100"),
     Metric("knowmem_f", "knowmem_f", "muse", "KnowMem (forget)", "knowledge of the forget set (KnowMem)",
@@ -61,3 +72,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 
 JUDGED = tuple(m.name for m in METRICS.values() if m.judged)
 """The metrics the verdict looks at (those of the audit's benchmark that were measured)."""
+SCREEN_JUDGED = ("screen_loss",)
+"""What ``unlearn-audit screen`` judges: the loss screen alone."""
+
+
+def min_gap(metric: str, default: float) -> float:
+    """The gap ``metric``'s shares need (its own, else the audit's ``--min-gap``)."""
+    m = METRICS.get(metric)
+    return default if m is None or m.min_gap is None else m.min_gap
+
+
+def direction(metric: str) -> float:
+    """+1 where a higher value means more knowledge of the forget set, -1 where a lower one does."""
+    m = METRICS.get(metric)
+    return -1.0 if m is not None and m.knows == "lower" else 1.0

@@ -129,7 +129,7 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
     """VerbMem, KnowMem (forget and retain) and PrivLeak for one model variant (``config.probes`` is the
     effective probe settings: the spec's ``chat_template`` already folded in)."""
     settings = config.probes
-    advance = reporter.task(title, sum(info.count(data) for info in probes_for(data)))
+    advance = reporter.task(title, sum(info.count(data) for info in probes_for(data, settings.only)))
     extra: dict[str, Any] = {}
     if settings.engine == "vllm":  # vLLM loads the variant's weights from a folder
         from .probes.vllm_engine import VLLMSettings
@@ -149,7 +149,8 @@ def run_probes(model: Any, tokenizer: Any, data: ForgetData, config: AuditConfig
 
 def _probe_all(engine: Any, data: ForgetData, config: AuditConfig, advance: Any, truncated: dict[str, int],
                engine_stats: dict[str, Any] | None, title: str) -> dict[str, ProbeOutput]:
-    outputs = {info.name: info.run(engine, data, config.probes, advance) for info in probes_for(data)}
+    outputs = {info.name: info.run(engine, data, config.probes, advance)
+               for info in probes_for(data, config.probes.only)}
     for key, count in engine.truncated.items():
         truncated[key] += count
     if engine_stats is not None:
@@ -539,6 +540,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
     cache = ResultCache(None if not config.cache_results else (config.results_dir or default_dir()))
     dtype = config.resolved_dtype
     shared_key = {"probes": config.probes.cache_key(), "dtype": dtype, "device": config.device.split(":")[0],
+                  "probes_run": [info.name for info in probes_for(plan.data, config.probes.only)],
                   "data": texts_digest(plan.data.texts()), **reproducibility_key(config, dtype)}
     result = Runs(outputs={}, runs=[], models={}, truncated={"generate": 0, "score": 0}, reused=[], computed=[],
                   engine_stats={}, cache_dir=None if cache.root is None else str(cache.root))
@@ -727,6 +729,8 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
                        resamples=config.probes.bootstrap_resamples, seed=config.probes.seed)
     labels = [q.label for q in plan.quantizers]
     verdict = decide(analysis, config.thresholds, {label: variant_name(label) for label in labels})
+    if config.probes.only is not None:  # `unlearn-audit screen`: say what the verdict rests on
+        verdict.headline = "Loss screen only (no generation probes): " + verdict.headline
     for run in runs.runs:
         run.metrics = {m: i.as_dict() for m, i in analysis.values[run.role][run.variant].items()}
         quality = analysis.forget_quality.get(run.role, {}).get(run.variant)

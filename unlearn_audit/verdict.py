@@ -29,10 +29,11 @@ from enum import Enum
 
 import numpy as np
 
-from .analysis import METRIC_NOUNS, Analysis, Share
+from .analysis import FULL, METRIC_NOUNS, SHARE_STATISTIC, Analysis, Share
 from .config import Thresholds
 from .errors import ExitCode
 from .formatting import percent
+from .metrics import METRICS, min_gap
 
 
 class Decision(str, Enum):
@@ -84,17 +85,21 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     names = variant_names or {}
     judged = [m for m in thresholds.judged if m in analysis.gaps]
     knew: list[str] = []
-    reasons: list[str] = []
+    reasons = [f"{METRIC_NOUNS[m]}: no reference to measure it against (no retrained or reference model, no held-out "
+               "texts), so it cannot judge; its recoveries are reported"
+               for m in thresholds.judged if m in analysis.unreferenced]
     for m in judged:
-        gap = analysis.floor_gaps.get(m)
-        if gap is not None and gap < thresholds.min_gap:
+        gap, needed = analysis.floor_gaps.get(m), min_gap(m, thresholds.min_gap)
+        unit = METRICS[m].gap_unit if m in METRICS else "points"
+        if gap is not None and gap < needed:
             floor = analysis.floors[m]["original"].value
-            reasons.append(f"{METRIC_NOUNS[m]}: the original scores {floor + gap:.1f} on the forget set and "
-                           f"{floor:.1f} on held-out text it never saw (the holdout floor): no more memory of the "
-                           f"forget set than of unseen text (gap {gap:.1f} < {thresholds.min_gap:g}), so it cannot judge")
-        elif abs(analysis.gaps[m]) < thresholds.min_gap:
+            forget = analysis.values["original"][FULL][SHARE_STATISTIC[m]].value
+            reasons.append(f"{METRIC_NOUNS[m]}: the original scores {forget:.2f} on the forget set and "
+                           f"{floor:.2f} on held-out text it never saw (the holdout floor): no more memory of the "
+                           f"forget set than of unseen text (gap {gap:.2f} < {needed:g} {unit}), so it cannot judge")
+        elif abs(analysis.gaps[m]) < needed:
             reasons.append(f"{METRIC_NOUNS[m]}: the original beats the reference by only "
-                           f"{abs(analysis.gaps[m]):.1f} points (< {thresholds.min_gap:g}), so it cannot judge")
+                           f"{abs(analysis.gaps[m]):.2f} {unit} (< {needed:g}), so it cannot judge")
         else:
             knew.append(m)
     if "privleak" in knew and analysis.reference_role is None and "verbmem_f" in analysis.floor_gaps \
@@ -151,6 +156,8 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
         return Verdict(Decision.FAIL, fails[0][1] + ".", [f[1] for f in fails] + doubts + reasons)
     if few and not knew:
         return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
+    if not knew and not judged and reasons:  # nothing judged had anything to be measured against
+        return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + reasons[0] + ".", reasons)
     if not knew:
         return Verdict(Decision.INCONCLUSIVE,
                        "The original model does not measurably know the forget set, so forgetting cannot be judged.",

@@ -1,29 +1,31 @@
-"""Weight-level diagnostic: does quantization map the unlearned weights back onto the original's?
+"""Weight-level diagnostic: what quantization does to the update unlearning made, read from the weights alone.
 
-Without any data, for each quantizer with a fixed grid (RTN, bitsandbytes) and each linear weight
-matrix (``lm_head``, embeddings and norms excluded), among the weights unlearning moved:
+Without any data, for each quantizer with a fixed grid (RTN, bitsandbytes, GGUF's legacy types) and each linear
+weight matrix (``lm_head``, embeddings and norms excluded), each model on the grid the quantizer fits to it (what
+the two quantized checkpoints store), with ``d = u - o`` the update and ``q = Q(u) - Q(o)`` what is left of it:
 
-* **same level** (the headline): the share whose integer level in the quantized unlearned model equals
-  the one in the quantized original, each model on the grid the quantizer fits to it (what the two
-  quantized checkpoints store), read together with **how far the grids moved**: the share of groups
-  whose parameters (scale, zero point, absmax) changed at all and the mean and largest relative change
-  of their scale. Equal levels on grids that moved by a hair are equal values up to that hair.
-* **same level on the original's grid** (a common grid): the grid fitted to the original's matrix holds
-  both models' weights. It isolates the update from the grid's own movement: whether each moved weight
-  stayed in the original's cell. Where an update also moves the groups' ranges a lot (a strong update),
-  the quantizer does not use this grid for the unlearned model, so the headline is the own-grid share.
-* **distance in steps**: the mean update ``|u - o|`` in units of the original's quantization step, and
-  the mean level distance ``|level(u) - level(o)|`` on the common grid.
+* **identical**: whether ``Q(u)`` and ``Q(o)`` are the same model: every quantized matrix has the same levels on the
+  same grid, and no tensor the quantizer leaves alone (embeddings, norms, ``lm_head``, matrices its grid cannot
+  take) moved. Only then is recovery certain: the two quantized models compute the same function.
+* **same level**: the share of moved weights whose level in ``Q(u)`` equals the one in ``Q(o)``, read with **how far
+  the grids moved** (groups whose scale, zero point or absmax changed, and by how much); and the same share on the
+  original's grid (a common grid), which isolates the update from the grid's own movement.
+* **kept**: ``<q, d> / ||d||^2``, the share of the update that quantization keeps in its own direction (1: all of
+  it, on average; 0: none), and **cosine** ``<q, d> / (||q|| ||d||)``, how faithful what is left is to the update's
+  direction (low with ``kept`` near 1: the update survives as a sparse, noisy copy of itself).
+* **flips vs dither**: the levels that changed, against the number expected if each weight sat at a random place
+  in its cell (``sum(min(1, |d| / step))``): near 1, rounding dithers the update into a sparse one of about the same
+  expected size; near 0, the update stays inside its cells (a constructed checkpoint, or weights already on the
+  grid); above 1, the grids moved (for the 4-bit float formats the step is the code book's mean spacing, which
+  is coarser than the code book near zero, so there the ratio reads high). **Flip size**: the mean ``|q|`` of a changed weight, in the original's steps.
+* **update (steps)**: mean ``|d|`` of moved weights in the original's quantization steps; **level distance**: mean
+  ``|level(u) - level(o)|`` on the original's grid.
 
-Not used, because they mislead: exact float equality of ``Q(u)`` and ``Q(o)`` (a dense update moves every
-group's range by an epsilon, so every value differs by an epsilon while every level is the same), and
-``||Q(u) - Q(o)|| / ||u - o||`` (for an update much smaller than a step it is dominated by the rare
-weights that round across a boundary, a whole step each, and is large whether or not quantization
-erases the update).
-
-The reading: same level >= 95% with the grids' scales moved by under 1% on average: **predicts
-recovery** (the quantized unlearned model is the quantized original in all but a few weights); same
-level below 50%: **predicts the update survives**; otherwise, or when nothing moved: **cannot tell**.
+The reading claims only what the weights prove: **recovery certain** where the quantized models are identical;
+**nothing moved** where the two checkpoints are equal; otherwise **probes decide**. A same-level share near 100%
+does not predict recovery: the few weights that cross a level cross it in the direction of the update, a full
+step each, so rounding turns a dense update into a sparse one of about the same expected size, and whether the
+model's behaviour comes back depends on how coherent that update is, which no count of levels can see.
 
 Weights are compared in the narrowest of the two stored dtypes and the dtype the audit runs in (a bfloat16
 copy of a float32 original is not "moved" by its rounding), streamed one tensor pair at a time from
@@ -44,13 +46,9 @@ from .errors import GridNotApplicable, InputError
 from .quantize import Quantizer
 
 _SKIP = ("lm_head", "embed", "wte", "wpe", "norm", "ln_")
-RECOVERY_AT = 0.95
-"""Same-level share of moved weights at or above which the diagnostic predicts recovery..."""
-GRID_STILL = 0.01
-"""...when the groups' scales moved by less than this relative amount on average."""
-SURVIVES_BELOW = 0.50
-"""Same-level share of moved weights below which it predicts that the update survives quantization."""
-READINGS = ("predicts recovery", "predicts the update survives", "cannot tell")
+READINGS = ("recovery certain", "probes decide", "nothing moved")
+"""What the diagnostic can say: the quantized models are identical (recovery is certain), the checkpoints are equal
+(unlearning changed nothing), or the quantized models differ and only the probes can tell what that does."""
 _MANTISSA = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 
 
@@ -118,15 +116,11 @@ def compare_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return min(floats, key=lambda d: _MANTISSA[d]) if floats else torch.float32
 
 
-def reading(same_code_of_moved: float | None, scale_change_mean: float = 0.0) -> str:
-    """The verdict-like reading of a same-level share of moved weights (see the module docstring)."""
-    if same_code_of_moved is None:
-        return "cannot tell"
-    if same_code_of_moved >= RECOVERY_AT and scale_change_mean < GRID_STILL:
-        return "predicts recovery"
-    if same_code_of_moved < SURVIVES_BELOW:
-        return "predicts the update survives"
-    return "cannot tell"
+def reading(identical: bool, moved: bool) -> str:
+    """The reading (see the module docstring): only identical quantized models make recovery certain."""
+    if not moved:
+        return "nothing moved"
+    return "recovery certain" if identical else "probes decide"
 
 
 @dataclass
@@ -140,7 +134,7 @@ class LayerDiff:
     same_code: float
     """Share of all weights whose level, each model on its own grid, equals the original's."""
     same_code_of_moved: float | None
-    """The same among moved weights (the headline)."""
+    """The same among moved weights."""
     same_code_common: float
     """Share of all weights whose level on the original's grid equals the original's."""
     same_code_common_of_moved: float | None
@@ -153,6 +147,10 @@ class LayerDiff:
     """Mean |u - o| of moved weights, in the original's quantization steps."""
     code_distance: float | None
     """Mean |level(u) - level(o)| of moved weights on the original's grid."""
+    identical: bool = False
+    """Q(u) equals Q(o) for this matrix: the same levels on the same grid."""
+    kept: float | None = None
+    """<Q(u) - Q(o), u - o> / ||u - o||^2: the share of the update that quantization keeps."""
 
 
 @dataclass
@@ -169,6 +167,19 @@ class _Totals:
     scale_change_sum: float = 0.0
     steps_sum: float = 0.0
     distance_sum: float = 0.0
+    tensors: int = 0
+    tensors_identical: int = 0
+    dot: float = 0.0
+    """sum <q, d> (q = Q(u) - Q(o), d = u - o)"""
+    update_sq: float = 0.0
+    """sum ||d||^2"""
+    survivor_sq: float = 0.0
+    """sum ||q||^2"""
+    flips_expected: float = 0.0
+    """sum over moved weights of min(1, |d| / step): the flips expected where each weight sits at a random place."""
+    flip_steps: float = 0.0
+    """sum over moved weights whose level changed of |q| / step."""
+    carry_measured: bool = False
 
     def add_levels(self, moved: torch.Tensor, same: torch.Tensor, common: torch.Tensor | None = None
                    ) -> dict[str, int]:
@@ -188,9 +199,32 @@ class _Totals:
         self.scale_change_max = max(self.scale_change_max, float(rel.max()))
         self.scale_change_sum += float(rel.sum())
 
-    def overall(self) -> dict[str, Any]:
+    def add_survivor(self, d: torch.Tensor, q: torch.Tensor, step: torch.Tensor, moved: torch.Tensor,
+                     flipped: torch.Tensor) -> float | None:
+        """Add one matrix's update ``d`` and what quantization left of it ``q`` (same shapes; ``step``: the
+        original's step per weight); returns the matrix's kept share."""
+        dot, dd = float((q.double() * d.double()).sum()), float(d.double().square().sum())
+        self.carry_measured = True
+        self.dot += dot
+        self.update_sq += dd
+        self.survivor_sq += float(q.double().square().sum())
+        safe = torch.where(step > 0, step, torch.full_like(step, float("inf")))
+        self.flips_expected += float((d.abs() / safe).clamp(max=1)[moved].double().sum())
+        self.flip_steps += float((q.abs() / safe)[flipped].double().sum())
+        return dot / dd if dd else None
+
+    def add_tensor(self, identical: bool) -> None:
+        self.tensors += 1
+        self.tensors_identical += int(identical)
+
+    def overall(self, others_moved: int = 0) -> dict[str, Any]:
+        """The figures over every matrix; ``others_moved``: tensors outside them that moved (embeddings, norms,
+        ``lm_head``, matrices the grid cannot take), which the quantizer leaves as they are."""
         of_moved = self.same_moved / self.moved if self.moved else None
         change_mean = self.scale_change_sum / self.groups if self.groups else 0.0
+        flips = self.moved - self.same_moved
+        identical = self.tensors_identical == self.tensors and not others_moved
+        carry = self.carry_measured and self.update_sq > 0
         return {"moved": self.moved / self.numel, "same_code": self.same / self.numel,
                 "same_code_of_moved": of_moved, "same_code_common": self.common / self.numel,
                 "same_code_common_of_moved": self.common_moved / self.moved if self.moved else None,
@@ -198,7 +232,16 @@ class _Totals:
                 "scale_change_max": self.scale_change_max, "scale_change_mean": change_mean,
                 "update_steps": self.steps_sum / self.moved if self.moved else None,
                 "code_distance": self.distance_sum / self.moved if self.moved else None,
-                "reading": reading(of_moved, change_mean)}
+                "tensors": self.tensors, "tensors_identical": self.tensors_identical, "others_moved": others_moved,
+                "identical": identical,
+                "kept": self.dot / self.update_sq if carry else None,
+                "cosine": (self.dot / math.sqrt(self.update_sq * self.survivor_sq)
+                           if carry and self.survivor_sq > 0 else (0.0 if carry else None)),
+                "flips_expected": self.flips_expected / self.moved if self.carry_measured and self.moved else None,
+                "flip_ratio": (flips / self.flips_expected if self.carry_measured and self.flips_expected > 0
+                               else None),
+                "flip_size": self.flip_steps / flips if self.carry_measured and flips else None,
+                "reading": reading(identical, bool(self.moved or others_moved))}
 
 
 @dataclass
@@ -215,14 +258,15 @@ class WeightDiff:
     """Variants left out, with the reason (calibrated methods: their grid depends on data)."""
     left_out: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per variant, matrices its grid cannot take (the library leaves them unquantized), with the reason."""
-    thresholds: dict[str, float] = field(default_factory=lambda: {
-        "recovery_at": RECOVERY_AT, "grid_still": GRID_STILL, "survives_below": SURVIVES_BELOW})
+    others_moved: list[str] = field(default_factory=list)
+    """Tensors outside the compared matrices (embeddings, norms, ``lm_head``, biases) that unlearning moved: the
+    quantizers leave them as they are, so the quantized models differ there whatever the grids do."""
     seconds: float = 0.0
     """Wall time (kept out of :meth:`as_dict`: the record's figures do not vary between executions)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"unlearned": self.unlearned, "original": self.original, "quantizers": self.quantizers,
-                "compare_dtype": self.compare_dtype, "thresholds": self.thresholds,
+                "compare_dtype": self.compare_dtype, "readings": list(READINGS), "others_moved": self.others_moved,
                 "not_compared": self.not_compared, "left_out": self.left_out, "overall": self.overall,
                 "layers": {q: [vars(layer) for layer in rows] for q, rows in self.layers.items()}}
 
@@ -235,8 +279,8 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name: str, totals: _Totals) -> LayerDiff:
     moved = u != o
     grid_o, grid_u = quantizer.fit_grid(o), quantizer.fit_grid(u)
-    code_o = grid_o.codes(o)
-    same = grid_u.codes(u) == code_o  # each model on its own grid: what the quantized checkpoints store
+    code_o, code_u = grid_o.codes(o), grid_u.codes(u)
+    same = code_u == code_o  # each model on its own grid: what the quantized checkpoints store
     code_common = grid_o.codes(u)  # the unlearned weights on the original's grid
     common = code_common == code_o
     p_o, p_u = grid_o.params(), grid_u.params()
@@ -244,8 +288,13 @@ def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name:
     rel = relative_change(p_u[..., 0], p_o[..., 0])
     counts = totals.add_levels(moved, same, common)
     totals.add_grids(changed, rel)
+    identical = bool(same.all()) and not bool(changed.any())
+    totals.add_tensor(identical)
+    step = grid_o.steps()
+    survivor = grid_u.dequantize(code_u) - grid_o.dequantize(code_o)
+    kept = totals.add_survivor(u - o, survivor, step, moved, moved & ~same)
     n_moved = counts["moved"]
-    steps_sum = float(((u - o).abs() / grid_o.steps())[moved].sum()) if n_moved else 0.0
+    steps_sum = float(((u - o).abs() / step)[moved].sum()) if n_moved else 0.0
     distance_sum = float((code_common - code_o).abs()[moved].float().sum()) if n_moved else 0.0
     totals.steps_sum += steps_sum
     totals.distance_sum += distance_sum
@@ -255,7 +304,7 @@ def _compare_layer(u: torch.Tensor, o: torch.Tensor, quantizer: Quantizer, name:
                      same_code_common_of_moved=counts["common_moved"] / n_moved if n_moved else None,
                      groups_changed=float(changed.float().mean()), scale_change_max=float(rel.max()),
                      update_steps=steps_sum / n_moved if n_moved else None,
-                     code_distance=distance_sum / n_moved if n_moved else None)
+                     code_distance=distance_sum / n_moved if n_moved else None, identical=identical, kept=kept)
 
 
 def comparable_layers(unlearned: Path, original: Path) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
@@ -276,12 +325,11 @@ CALIBRATED_REASON = ("its grid is fitted to calibration data, so it can only be 
 def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *, labels: tuple[str, str] = ("", ""),
                 run_dtype: str = "float32", device: str = "cpu",
                 progress: Callable[[int], Callable[[int], None]] | None = None) -> WeightDiff:
-    """Compare two checkpoints' linear weights under each fixed-grid quantizer (see the module docstring).
-    ``progress(total)`` is called once, when there is something to compare, with the number of tensor pairs;
-    the function it returns is called with 1 after each pair."""
+    """Compare two checkpoints under each fixed-grid quantizer (see the module docstring): every linear weight
+    matrix on the quantizer's grids, and every other tensor as it is stored (the quantizers leave those alone).
+    ``progress(total)`` is called once, when there is something to compare, with the number of tensors; the
+    function it returns is called with 1 after each."""
     import time
-
-    from safetensors import safe_open
 
     started = time.time()
     usable = [q for q in quantizers if q.fixed_grid]
@@ -289,36 +337,57 @@ def weight_diff(unlearned: Path, original: Path, quantizers: list[Quantizer], *,
     result = WeightDiff(labels[0] or str(unlearned), labels[1] or str(original), [q.label for q in usable],
                         not_compared={q.label: getattr(q, "not_compared_reason", CALIBRATED_REASON)
                                       for q in quantizers if not q.fixed_grid})
+    if not usable:  # nothing to compare: no tensor is read
+        result.seconds = round(time.time() - started, 2)
+        return result
+    compared = set(names)
+    others = sorted((set(u_index) | set(o_index)) - compared)
     totals = {q.label: _Totals() for q in usable}
-    advance = progress(len(names)) if progress is not None and usable else None
+    left_moved = {q.label: 0 for q in usable}
+    advance = progress(len(names) + len(others)) if progress is not None else None
     target = getattr(torch, run_dtype)
     seen: set[torch.dtype] = set()
-    for name in names if usable else []:  # nothing to compare: no tensor is read
-        with safe_open(str(u_index[name]), framework="pt") as hu, safe_open(str(o_index[name]), framework="pt") as ho:
-            u_raw, o_raw = hu.get_tensor(name), ho.get_tensor(name)
-        if u_raw.ndim != 2 or u_raw.shape != o_raw.shape:
-            if advance:
-                advance(1)
-            continue
-        dtype = compare_dtype(u_raw.dtype, o_raw.dtype, target)
-        seen.add(dtype)
-        u = u_raw.to(device=device).to(dtype).float()
-        o = o_raw.to(device=device).to(dtype).float()
-        del u_raw, o_raw
-        with torch.no_grad():
-            for q in usable:
-                try:
-                    result.layers.setdefault(q.label, []).append(_compare_layer(u, o, q, name, totals[q.label]))
-                except GridNotApplicable as exc:
-                    result.left_out.setdefault(q.label, {})[name] = exc.message
+    for name in names + others:
+        pair = _read_pair(u_index, o_index, name, target, device)
+        if pair is None or name not in compared or pair[0].ndim != 2:  # a tensor no quantizer here changes
+            if pair is None or not torch.equal(pair[0], pair[1]):
+                result.others_moved.append(name)
+        else:
+            u, o, dtype = pair
+            seen.add(dtype)
+            with torch.no_grad():
+                for q in usable:
+                    try:
+                        result.layers.setdefault(q.label, []).append(_compare_layer(u, o, q, name, totals[q.label]))
+                    except GridNotApplicable as exc:
+                        result.left_out.setdefault(q.label, {})[name] = exc.message
+                        left_moved[q.label] += int(not torch.equal(u, o))  # kept as stored by this quantizer
         if advance:
             advance(1)
     for label, t in totals.items():
         if t.numel:
-            result.overall[label] = t.overall()
+            result.overall[label] = t.overall(len(result.others_moved) + left_moved[label])
     result.compare_dtype = str(compare_dtype(*seen)).replace("torch.", "") if seen else run_dtype
     result.seconds = round(time.time() - started, 2)
     return result
+
+
+def _read_pair(u_index: dict[str, Path], o_index: dict[str, Path], name: str, target: torch.dtype, device: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype] | None:
+    """Tensor ``name`` of both checkpoints in float32, each first rounded to the comparison dtype, and that dtype;
+    None when only one checkpoint has it or the shapes differ."""
+    from safetensors import safe_open
+
+    if name not in u_index or name not in o_index:
+        return None
+    with safe_open(str(u_index[name]), framework="pt") as hu, safe_open(str(o_index[name]), framework="pt") as ho:
+        u_raw, o_raw = hu.get_tensor(name), ho.get_tensor(name)
+    if u_raw.shape != o_raw.shape:
+        return None
+    if not (u_raw.is_floating_point() and o_raw.is_floating_point()):
+        return u_raw, o_raw, u_raw.dtype
+    dtype = compare_dtype(u_raw.dtype, o_raw.dtype, target)
+    return u_raw.to(device=device).to(dtype).float(), o_raw.to(device=device).to(dtype).float(), dtype
 
 
 def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path, quantizer: Any) -> dict[str, Any]:
@@ -352,16 +421,26 @@ def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Pat
         else:
             moved = torch.ones_like(codes_u, dtype=torch.bool)
         moved = moved[: codes_u.shape[0], : codes_u.shape[1]]
-        t.add_levels(moved, codes_u == codes_o)
-        t.add_grids((scale_u != scale_o) | (zero_u[:, : scale_u.shape[1]] != zero_o[:, : scale_o.shape[1]]),
-                    relative_change(scale_u, scale_o))
+        same = codes_u == codes_o
+        grid_changed = (scale_u != scale_o) | (zero_u[:, : scale_u.shape[1]] != zero_o[:, : scale_o.shape[1]])
+        t.add_levels(moved, same)
+        t.add_grids(grid_changed, relative_change(scale_u, scale_o))
+        t.add_tensor(bool(same.all()) and not bool(grid_changed.any()))
     if not t.numel:
         raise InputError("the saved checkpoints hold no packed layer", "report this as a bug")
-    overall = t.overall()
+    packed = (".qweight", ".scales", ".qzeros", ".g_idx")
+    overall = t.overall(_differing(qu_index, qo_index, lambda name: not name.endswith(packed)))
     for key in ("same_code_common", "same_code_common_of_moved", "update_steps", "code_distance"):
         overall[key] = None  # no common grid: each model's grid comes from its own calibration
     overall["grid"] = "each model's own, fitted to the calibration data by the library"
     return overall
+
+
+def _differing(u_index: dict[str, Path], o_index: dict[str, Path], chosen: Callable[[str], bool]) -> int:
+    """How many of the ``chosen`` tensors of two saved checkpoints differ (or are in one of them only)."""
+    names = sorted(n for n in set(u_index) | set(o_index) if chosen(n))
+    return sum(1 for n in names if n not in u_index or n not in o_index
+               or not torch.equal(load_tensor(u_index[n], n), load_tensor(o_index[n], n)))
 
 
 GGUF_NAMES = "names.json"
@@ -391,7 +470,8 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
     files = [gguf.GGUFReader(str(folder / "model.gguf")) for folder in (saved_u, saved_o)]
     tensors_u = {t.name: t for t in files[0].tensors}
     t, by_type = _Totals(), {}
-    steps_sum, differing = 0.0, 0
+    steps_sum, differing, others = 0.0, 0, 0
+    compared: set[str] = set()
     for tensor_o in files[1].tensors:
         param = meta["tensors"].get(tensor_o.name)
         tensor_u = tensors_u.get(tensor_o.name)
@@ -401,6 +481,7 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
         if tensor_u.tensor_type.name != kind:
             differing += 1
             continue
+        compared.add(tensor_o.name)
         codes_u, codes_o = unpack(tensor_u.data, kind), unpack(tensor_o.data, kind)
         with safe_open(str(u_index[param]), framework="pt") as hu, safe_open(str(o_index[param]), framework="pt") as ho:
             u_raw, o_raw = hu.get_tensor(param), ho.get_tensor(param)
@@ -417,16 +498,25 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
         scale_u, scale_o = torch.from_numpy(codes_u.scale), torch.from_numpy(codes_o.scale)
         changed = (scale_u != scale_o) | torch.from_numpy(codes_u.low != codes_o.low)
         t.add_grids(changed, relative_change(scale_u, scale_o))
-        step = np.abs(codes_o.per_weight(codes_o.scale))
-        update = np.abs(u - o)[moved.numpy()] / np.where(step > 0, step, np.inf)[moved.numpy()]
+        t.add_tensor(np.array_equal(tensor_u.data, tensor_o.data))
+        step = torch.from_numpy(np.abs(codes_o.per_weight(codes_o.scale)))
+        survivor = torch.from_numpy(codes_u.values() - codes_o.values())
+        t.add_survivor(torch.from_numpy(u - o), survivor, step, moved, moved & ~same)
+        update = np.abs(u - o)[moved.numpy()] / np.where(step.numpy() > 0, step.numpy(), np.inf)[moved.numpy()]
         steps_sum += float(update.sum())
         row = by_type.setdefault(kind, {"tensors": 0, "moved": 0, "same_moved": 0})
         row["tensors"] += 1
         row["moved"] += counts["moved"]
         row["same_moved"] += counts["same_moved"]
+    for tensor_o in files[1].tensors:  # the rest of the files (embeddings, norms, output, other types): as stored
+        tensor_u = tensors_u.get(tensor_o.name)
+        if tensor_o.name not in compared and (tensor_u is None or tensor_u.tensor_type != tensor_o.tensor_type
+                                              or not np.array_equal(tensor_u.data, tensor_o.data)):
+            others += 1
+    others += len(set(tensors_u) - {x.name for x in files[1].tensors})
     if not t.numel:
         raise InputError("the two GGUF files share no quantized linear weight", "report this as a bug")
-    overall = t.overall()
+    overall = t.overall(others)
     for key in ("same_code_common", "same_code_common_of_moved", "code_distance"):
         overall[key] = None  # no common grid: llama.cpp searches each block's scales for each file
     overall["update_steps"] = steps_sum / t.moved if t.moved else None

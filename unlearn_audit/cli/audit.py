@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -94,33 +95,53 @@ def check(
 
     Exit codes: 0 PASS, 1 FAIL, 2 bad usage or input, 3 runtime failure, 4 INCONCLUSIVE.
     With GITHUB_STEP_SUMMARY set, the verdict and recovery table are appended to it."""
+    options = dict(locals())
+    raise typer.Exit(guarded(lambda: _audit(options, screen_only=False)))
 
-    def run() -> int:
-        from ..pipeline import audit, prepare_out_dir, write_reports
 
-        config = AuditConfig(
-            model=model, revision=revision, original=original, original_revision=original_revision,
-            tokenizer=tokenizer, forget=forget, spec_path=spec, quant=_split(quant), out_dir=out_dir, formats=_split(formats),
-            thresholds=Thresholds(max_recovery=max_recovery, max_residual=max_residual, min_gap=min_gap,
-                                  min_items=min_items),
-            probes=ProbeSettings(max_items=max_items, batch_size=_batch_size(batch_size), engine=engine,
-                                 tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
-                                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
-                                 flavour=flavour, chat_template=chat_template,
-                                 sample_temperature=sample_temperature), device=device,
-            dtype=dtype, device_map=device_map, cache_results=cache, results_dir=results_dir,
-            calibration=calibration, scratch_dir=scratch, published=published,
-            published_max=published_max, published_files=published_files, cache_dir=cache_dir, offline=offline or None, trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle, command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
-        prepare_out_dir(out_dir)
-        with reporter() as progress:
-            report = audit(config, progress)
-        files = write_reports(report, out_dir, config.formats)
-        _ci_outputs(report.to_dict(), junit)
-        _print_verdict(report.verdict, files)
-        return int(report.verdict["exit_code"])
+def _audit(o: dict, *, screen_only: bool) -> int:
+    """``check`` and ``screen``: the options into one :class:`AuditConfig`, the audit, the reports."""
+    from ..metrics import JUDGED, SCREEN_JUDGED
+    from ..pipeline import audit, prepare_out_dir, write_reports
+    from ..probes.registry import SCREEN
 
-    raise typer.Exit(guarded(run))
+    config = AuditConfig(
+        model=o["model"], revision=o["revision"], original=o["original"], original_revision=o["original_revision"],
+        tokenizer=o["tokenizer"], forget=o["forget"], spec_path=o["spec"], quant=_split(o["quant"]),
+        out_dir=o["out_dir"], formats=_split(o["formats"]),
+        thresholds=Thresholds(max_recovery=o["max_recovery"], max_residual=o["max_residual"], min_gap=o["min_gap"],
+                              min_items=o["min_items"], judged=SCREEN_JUDGED if screen_only else JUDGED),
+        probes=ProbeSettings(max_items=o["max_items"], batch_size=_batch_size(o["batch_size"]), engine=o["engine"],
+                             tensor_parallel=o["tensor_parallel"], pipeline_parallel=o["pipeline_parallel"],
+                             gpu_memory_utilization=o["gpu_memory_utilization"], max_model_len=o["max_model_len"],
+                             seed=o["seed"], flavour=o["flavour"], chat_template=o["chat_template"],
+                             sample_temperature=o["sample_temperature"], only=SCREEN if screen_only else None),
+        device=o["device"], dtype=o["dtype"], device_map=o["device_map"], cache_results=o["cache"],
+        results_dir=o["results_dir"], calibration=o["calibration"], scratch_dir=o["scratch"],
+        published=o["published"], published_max=o["published_max"], published_files=o["published_files"],
+        cache_dir=o["cache_dir"], offline=o["offline"] or None, trust_remote_code=o["trust_remote_code"],
+        allow_pickle=o["allow_pickle"], command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
+    prepare_out_dir(o["out_dir"])
+    with reporter() as progress:
+        report = audit(config, progress)
+    files = write_reports(report, o["out_dir"], config.formats)
+    _ci_outputs(report.to_dict(), o["junit"])
+    _print_verdict(report.verdict, files)
+    return int(report.verdict["exit_code"])
+
+
+@functools.wraps(check)
+def screen(**options: object) -> None:
+    raise typer.Exit(guarded(lambda: _audit(options, screen_only=True)))
+
+
+screen.__doc__ = (
+    "Screen MODEL with the loss screen alone: the forget texts' mean token loss (and held-out texts' as the floor) for "
+    "every model and variant, one forward pass per text, no generation; judged on the loss alone.\n\n"
+    "For many checkpoints or very large models, before the full audit (check), which runs the screen too and reports "
+    "it beside the probes. Same options and exit codes as check: 0 PASS, 1 FAIL, 2 bad input, 3 runtime failure, "
+    "4 INCONCLUSIVE.")
+app.command("screen")(screen)
 
 
 WORLDS = {

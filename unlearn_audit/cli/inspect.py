@@ -57,29 +57,35 @@ def diff(
 
 
 def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
-    """The weight diagnostic as a rich table (totals, and every layer when asked)."""
+    """The weight diagnostic as a rich table (totals, and every layer when asked), narrow enough for 80 columns."""
     from rich.table import Table
 
-    table = Table(title=f"{record['unlearned']} vs {record['original']}: linear weights, compared in "
-                        f"{record['compare_dtype']} (lm_head, embeddings, norms excluded)")
+    table = Table(title=f"{record['unlearned']} vs {record['original']}, compared in {record['compare_dtype']}")
     columns = (("quantizer", "layer") if layers else ("quantizer",)) + (
-        "moved", "same level", "on orig. grid", "grid moved", "update/step", "reading")
-    widest = max((len(q) for q in record["quantizers"]), default=9)
+        "moved", "same", "grid", "kept", "cos", "flips", "reading")
     for column in columns:
         table.add_column(column, justify="left" if column in ("quantizer", "layer", "reading") else "right",
-                         no_wrap=column == "quantizer", min_width=widest if column == "quantizer" else None)
-    table.caption = ("same level: share of moved weights whose level in Q(unlearned) equals Q(original)'s, each on its "
-                     "own grid; on orig. grid: on the original's grid; grid moved: mean relative change of the "
-                     "groups' scales; update/step: mean |u-o| in quantization steps. See README, weight-level "
-                     "diagnostic.")
+                         no_wrap=column in ("quantizer", "moved", "same", "grid", "kept", "cos", "flips"))
+    others = record.get("others_moved") or []
+    table.caption = ("moved: share of linear weights unlearning changed; same: of those, share whose level in "
+                     "Q(unlearned) equals Q(original)'s; grid: mean change of the groups' scales; kept: "
+                     "<Q(u)-Q(o), u-o>/|u-o|^2, the share of the update quantization keeps; cos: its cosine with the "
+                     "update; flips: changed levels against those expected if each weight sat at a random place "
+                     "in its cell. Reading: recovery certain only where the quantized models are identical; "
+                     "otherwise the probes decide. "
+                     + (f"{len(others)} tensors no quantizer here changes (embeddings, norms, lm_head...) also moved. "
+                        if others else "") + "See README, weight-level diagnostic.")
 
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{x * 100:.2f}%"
+    def pct(x: float | None, digits: int = 1) -> str:
+        return "n/a" if x is None else f"{x * 100:.{digits}f}%"
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
 
     def cells(d: dict) -> list[str]:
-        return [pct(d["moved"]), pct(d["same_code_of_moved"]), pct(d["same_code_common_of_moved"]),
-                pct(d.get("scale_change_mean", d.get("scale_change_max"))),
-                "n/a" if d["update_steps"] is None else f"{d['update_steps']:.4f}", d.get("reading", "")]
+        return [pct(d["moved"]), pct(d["same_code_of_moved"], 2), pct(d.get("scale_change_mean",
+                d.get("scale_change_max"))), num(d.get("kept")), num(d.get("cosine")),
+                num(d.get("flip_ratio")), d.get("reading", "identical" if d.get("identical") else "")]
 
     for label in record["quantizers"]:
         if layers:

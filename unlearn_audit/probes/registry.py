@@ -3,7 +3,7 @@
 Each registered probe names the metric its output carries, how its items combine (``mean`` of item scores or
 the ``auc`` of forget against holdout items), which fields of the forget data it reads, and how many items it
 will probe (for progress). An audit runs every registered probe whose data is present, in registration order.
-MUSE's probes are the ones registered today; ``tests/test_probe_contract.py`` runs the contract over every
+The loss screen comes first in every benchmark; ``tests/test_probe_contract.py`` runs the contract over every
 registered probe.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data import ForgetData
 from ..spec import TofuSpec
-from . import muse, tofu, wmdp
+from . import muse, screen, tofu, wmdp
 from .base import ProbeOutput
 
 
@@ -38,11 +38,19 @@ class ProbeInfo:
     required: bool = True
     """An audit needs it (its data missing is an error elsewhere); optional probes run when their data is there."""
     benchmark: str = "muse"
-    """The spec's ``benchmark`` it belongs to (``muse``, ``tofu``, ``wmdp``)."""
+    """The spec's ``benchmark`` it belongs to (``muse``, ``tofu``, ``wmdp``), or ``all``."""
+    score_range: tuple[float, float] = (0.0, 1.0)
+    """The range every item score lies in (ROUGE, accuracy: [0, 1]; a loss in nats: [0, inf))."""
 
     def available(self, data: ForgetData) -> bool:
         """Whether it runs on ``data``: one of its benchmark's probes, required or with items."""
-        return data.benchmark == self.benchmark and (self.required or self.count(data) > 0)
+        return self.benchmark in (data.benchmark, "all") and (self.required or self.count(data) > 0)
+
+
+def _screen(part: str, metric: str) -> Callable[[Any, ForgetData, Any, Any], ProbeOutput]:
+    def run(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
+        return screen.screen(engine, screen.pairs(engine, data, part, s), metric, advance)
+    return run
 
 
 def _verbmem_f(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
@@ -92,7 +100,17 @@ def _choices_count(part: str) -> Callable[[ForgetData], int]:
 _TOFU_SUMMARY = ("greedy answer, ROUGE-L recall; answer probability; truth ratio of paraphrased against perturbed "
                  "answers (open-unlearning's TOFU metrics)")
 
+SCREEN = ("screen_f", "screen_h")
+"""The loss screen's probes (``unlearn-audit screen`` runs these alone)."""
+
 PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
+    ProbeInfo("screen_f", "mean", "Loss screen: mean token NLL of the forget texts (MUSE: PrivLeak's forget texts; "
+              "TOFU: the forget answers; WMDP: the right letters), one forward pass each, no generation", (),
+              lambda d: screen.count(d, "forget"), _screen("forget", "screen_f"), benchmark="all",
+              score_range=(0.0, float("inf"))),
+    ProbeInfo("screen_h", "mean", "Loss screen on held-out texts of the same kind (MUSE: PrivLeak's holdout texts): "
+              "the floor the forget loss is read against", (), lambda d: screen.count(d, "holdout"),
+              _screen("holdout", "screen_h"), required=False, benchmark="all", score_range=(0.0, float("inf"))),
     ProbeInfo("verbmem_f", "mean", "MUSE VerbMem: greedy continuation of each forget prompt, ROUGE-L F1 against the "
               "reference's first 128 tokens", ("verbmem_prompts", "verbmem_refs"),
               lambda d: len(d.verbmem_prompts), _verbmem_f),
@@ -102,7 +120,7 @@ PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
               lambda d: len(d.knowmem_retain.questions), _knowmem("knowmem_r")),
     ProbeInfo("privleak", "auc", "MUSE PrivLeak: Min-K% (k=0.4) of forget and holdout texts, AUC; Min-K%++, zlib and "
               "loss beside it", ("privleak_forget", "privleak_holdout"),
-              lambda d: len(d.privleak_forget) + len(d.privleak_holdout), _privleak),
+              lambda d: len(d.privleak_forget) + len(d.privleak_holdout), _privleak, score_range=(0.0, float("inf"))),
     ProbeInfo("verbmem_h", "mean", "VerbMem on held-out text the models never saw: the floor VerbMem must beat",
               ("holdout_prompts", "holdout_refs"), lambda d: len(d.holdout_prompts), _verbmem_h, required=False),
     ProbeInfo("tofu_f", "mean", "TOFU forget set: " + _TOFU_SUMMARY, ("tofu",), _tofu_count("forget"),
@@ -123,6 +141,6 @@ PROBES: dict[str, ProbeInfo] = {info.name: info for info in (
 """Every probe, in the order an audit runs them."""
 
 
-def probes_for(data: ForgetData) -> list[ProbeInfo]:
-    """The registered probes ``data`` can feed, in order."""
-    return [info for info in PROBES.values() if info.available(data)]
+def probes_for(data: ForgetData, only: tuple[str, ...] | None = None) -> list[ProbeInfo]:
+    """The registered probes ``data`` can feed, in order (only those named in ``only``, when given)."""
+    return [info for info in PROBES.values() if info.available(data) and (only is None or info.name in only)]

@@ -66,6 +66,10 @@ class FittedGrid(Protocol):
         """The integer level of each weight of ``weight`` (same shape) on this grid."""
         ...
 
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """The values the quantized checkpoint computes with for ``codes`` (levels on this grid, same shape)."""
+        ...
+
     def steps(self) -> torch.Tensor:
         """The quantization step at each weight (shape of the fitted matrix): the distance between two
         adjacent levels (a codebook's mean spacing for 4-bit float formats)."""

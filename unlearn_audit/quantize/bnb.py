@@ -165,6 +165,11 @@ class BlockCodebookGrid:
         levels = torch.bucketize(scaled, mids)
         return levels.reshape(-1)[: self.shape.numel()].reshape(self.shape)
 
+    def dequantize(self, levels: torch.Tensor) -> torch.Tensor:
+        """``absmax * code[level]`` per weight, shaped like ``levels``."""
+        values = _blocks(self.code[levels.long()].float(), _BLOCK) * self.absmax
+        return values.reshape(-1)[: self.shape.numel()].reshape(self.shape)
+
     def steps(self) -> torch.Tensor:
         spacing = (self.code[-1] - self.code[0]) / (len(self.code) - 1)
         per_block = (self.absmax * spacing).expand(-1, _BLOCK)
@@ -184,6 +189,9 @@ class RowGrid:
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.round(weight.float() / self.scale).clamp(-127, 127)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes * self.scale
 
     def steps(self) -> torch.Tensor:
         return self.scale.expand(self.shape)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InputError, RuntimeFailure
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / f"report-v{SCHEMA_VERSION}.schema.json"
 """The published JSON Schema of the record (shipped in the package; `unlearn-audit schema` prints it)."""
 

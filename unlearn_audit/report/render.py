@@ -79,8 +79,10 @@ def variant_name(label: str) -> str:
 MAIN_ROWS = ("verbmem_f", "verbmem_h", "knowmem_f", "knowmem_r", "privleak_auc", "privleak",
              "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_forget_quality", "tofu_utility",
              *(f"tofu_{w}_{p}" for p in ("r", "ra", "wf") for w in ("rouge", "prob", "tr")),
-             "wmdp_acc", "mmlu_acc")
+             "wmdp_acc", "mmlu_acc", "screen_loss", "screen_loss_h")
 """The rows of the figures table, in order; an audit shows those its benchmark measured."""
+NATS = ("screen_loss", "screen_loss_h")
+"""Rows in nats (the loss screen), shown to three decimals."""
 PASSAGE_PROBES = {"verbmem_f": ("VerbMem", "ROUGE-L F1 against the reference", "ROUGE-L F1"),
                   "tofu_f": ("TOFU forget", "ROUGE-L recall against the answer", "ROUGE-L recall"),
                   "wmdp_acc": ("WMDP", "1 when the predicted letter is right", "right")}
@@ -105,7 +107,8 @@ def _metric_rows(report: dict[str, Any], metrics: tuple[str, ...] = MAIN_ROWS
     for metric in metrics:
         cells = [runs[key]["metrics"].get(metric) if key in runs else None for key in columns]
         if any(cells):
-            rows.append({"metric": metric, "label": METRIC_LABELS.get(metric, metric), "cells": cells})
+            rows.append({"metric": metric, "label": METRIC_LABELS.get(metric, metric), "cells": cells,
+                         "digits": 3 if metric in NATS else 1})
     return rows, [{"role": r, "variant": v, "name": f"{r} · {variant_name(v)}"} for r, v in columns]
 
 
@@ -336,6 +339,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "variant_name": variant_name,
         "metric_label": lambda m: METRIC_LABELS.get(m, m),
         "metric_noun": lambda m: METRIC_NOUNS.get(m, m),
+        "metric_unit": lambda m: "nats" if m in NATS else "points",
         "passages": _passages(report, next((m for m in PASSAGE_PROBES if any(m in r["items"] for r in report["runs"])),
                                            "verbmem_f")),
         "knowmem_passages": _passages(report, "knowmem_f"),
