@@ -192,6 +192,17 @@ def test_bfloat16_copy_with_no_update_is_not_moved(tmp_path):
     assert result.overall["rtn:4:g128"]["reading"] == "nothing moved"
 
 
+def test_float32_update_of_a_bfloat16_original_is_seen_whole(tmp_path):
+    """Unlearned in float32 from a bfloat16 release and saved so: the update lies below bfloat16's resolution, and
+    comparing in the unlearned checkpoint's dtype keeps it (rounding both to bfloat16 would erase it)."""
+    torch.manual_seed(3)
+    o = (torch.randn(64, 128) * 0.05).to(torch.bfloat16)
+    u = o.float() + 1e-6 * torch.randn(64, 128)  # far below a bfloat16 ulp at 0.05 (2.4e-4)
+    result = weight_diff(_checkpoint(tmp_path / "u", u), _checkpoint(tmp_path / "o", o), parse_variants(["rtn:4"]))
+    assert result.compare_dtype == "float32"
+    assert result.overall["rtn:4:g128"]["moved"] > 0.99  # all but draws below float32's own resolution there
+
+
 def test_miniature_fragile_robust_and_nudged(world, tmp_path):
     original = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
 

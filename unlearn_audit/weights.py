@@ -27,9 +27,9 @@ does not predict recovery: the few weights that cross a level cross it in the di
 step each, so rounding turns a dense update into a sparse one of about the same expected size, and whether the
 model's behaviour comes back depends on how coherent that update is, which no count of levels can see.
 
-Weights are compared in the narrowest of the two stored dtypes and the dtype the audit runs in (a bfloat16
-copy of a float32 original is not "moved" by its rounding), streamed one tensor pair at a time from
-safetensors, on ``device`` (an accelerator when the audit has one).
+Weights are compared in the narrower of the unlearned checkpoint's stored dtype and the dtype the audit runs in (a
+bfloat16 copy of a float32 original is not "moved" by its rounding; a float32 update to a bfloat16 original is seen
+whole), streamed one tensor pair at a time from safetensors, on ``device`` (an accelerator when the audit has one).
 """
 
 from __future__ import annotations
@@ -110,8 +110,10 @@ def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torc
 
 
 def compare_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The narrowest floating dtype among ``dtypes`` (fewest mantissa bits): differences finer than it are
-    storage artefacts, not unlearning."""
+    """The narrowest floating dtype among ``dtypes`` (fewest mantissa bits). The diagnostic passes the unlearned
+    checkpoint's stored dtype and the dtype the audit runs in: a bfloat16 copy of a float32 original differs from it
+    only by rounding, which is no update, while a float32 checkpoint unlearned from a bfloat16 original carries its
+    update below bfloat16's resolution, which rounding both to bfloat16 would erase."""
     floats = [d for d in dtypes if d in _MANTISSA]
     return min(floats, key=lambda d: _MANTISSA[d]) if floats else torch.float32
 
@@ -386,7 +388,7 @@ def _read_pair(u_index: dict[str, Path], o_index: dict[str, Path], name: str, ta
         return None
     if not (u_raw.is_floating_point() and o_raw.is_floating_point()):
         return u_raw, o_raw, u_raw.dtype
-    dtype = compare_dtype(u_raw.dtype, o_raw.dtype, target)
+    dtype = compare_dtype(u_raw.dtype, target)  # the unlearned model as stored and as the audit runs it
     return u_raw.to(device=device).to(dtype).float(), o_raw.to(device=device).to(dtype).float(), dtype
 
 
@@ -485,7 +487,7 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
         codes_u, codes_o = unpack(tensor_u.data, kind), unpack(tensor_o.data, kind)
         with safe_open(str(u_index[param]), framework="pt") as hu, safe_open(str(o_index[param]), framework="pt") as ho:
             u_raw, o_raw = hu.get_tensor(param), ho.get_tensor(param)
-        dtype = compare_dtype(u_raw.dtype, o_raw.dtype, getattr(torch, meta["dtype"]))  # as weight_diff compares
+        dtype = compare_dtype(u_raw.dtype, getattr(torch, meta["dtype"]))  # as weight_diff compares
         u, o = u_raw.to(dtype).float().numpy(), o_raw.to(dtype).float().numpy()
         del u_raw, o_raw
         if param.endswith(("q_proj.weight", "k_proj.weight")):  # the file's row order (llama.cpp's RoPE layout)

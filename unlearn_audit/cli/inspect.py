@@ -19,7 +19,7 @@ def diff(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
     layers: Annotated[bool, typer.Option(help="Show every layer, not only the totals.")] = False,
     dtype: Annotated[str, typer.Option(
-        help="Compare as an audit in this dtype would (the narrowest of it and the stored dtypes).")] = "float32",
+        help="Compare as an audit in this dtype would (the narrower of it and the unlearned checkpoint's dtype).")] = "float32",
     device: DeviceOpt = "auto",
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
