@@ -17,7 +17,8 @@ the two quantized checkpoints store), with ``d = u - o`` the update and ``q = Q(
   in its cell (``sum(min(1, |d| / step))``): near 1, rounding dithers the update into a sparse one of about the same
   expected size; near 0, the update stays inside its cells (a constructed checkpoint, or weights already on the
   grid); above 1, the grids moved (for the 4-bit float formats the step is the code book's mean spacing, which
-  is coarser than the code book near zero, so there the ratio reads high). **Flip size**: the mean ``|q|`` of a changed weight, in the original's steps.
+  is coarser than the code book near zero, so there the ratio reads high). **Flip size**: the mean ``|q|`` of a
+  changed weight, in the original's steps.
 * **update (steps)**: mean ``|d|`` of moved weights in the original's quantization steps; **level distance**: mean
   ``|level(u) - level(o)|`` on the original's grid.
 
@@ -181,7 +182,7 @@ class _Totals:
     """sum over moved weights of min(1, |d| / step): the flips expected where each weight sits at a random place."""
     flip_steps: float = 0.0
     """sum over moved weights whose level changed of |q| / step."""
-    carry_measured: bool = False
+    survivor_measured: bool = False
 
     def add_levels(self, moved: torch.Tensor, same: torch.Tensor, common: torch.Tensor | None = None
                    ) -> dict[str, int]:
@@ -206,7 +207,7 @@ class _Totals:
         """Add one matrix's update ``d`` and what quantization left of it ``q`` (same shapes; ``step``: the
         original's step per weight); returns the matrix's kept share."""
         dot, dd = float((q.double() * d.double()).sum()), float(d.double().square().sum())
-        self.carry_measured = True
+        self.survivor_measured = True
         self.dot += dot
         self.update_sq += dd
         self.survivor_sq += float(q.double().square().sum())
@@ -226,7 +227,7 @@ class _Totals:
         change_mean = self.scale_change_sum / self.groups if self.groups else 0.0
         flips = self.moved - self.same_moved
         identical = self.tensors_identical == self.tensors and not others_moved
-        carry = self.carry_measured and self.update_sq > 0
+        carry = self.survivor_measured and self.update_sq > 0
         return {"moved": self.moved / self.numel, "same_code": self.same / self.numel,
                 "same_code_of_moved": of_moved, "same_code_common": self.common / self.numel,
                 "same_code_common_of_moved": self.common_moved / self.moved if self.moved else None,
@@ -239,10 +240,10 @@ class _Totals:
                 "kept": self.dot / self.update_sq if carry else None,
                 "cosine": (self.dot / math.sqrt(self.update_sq * self.survivor_sq)
                            if carry and self.survivor_sq > 0 else (0.0 if carry else None)),
-                "flips_expected": self.flips_expected / self.moved if self.carry_measured and self.moved else None,
-                "flip_ratio": (flips / self.flips_expected if self.carry_measured and self.flips_expected > 0
+                "flips_expected": self.flips_expected / self.moved if self.survivor_measured and self.moved else None,
+                "flip_ratio": (flips / self.flips_expected if self.survivor_measured and self.flips_expected > 0
                                else None),
-                "flip_size": self.flip_steps / flips if self.carry_measured and flips else None,
+                "flip_size": self.flip_steps / flips if self.survivor_measured and flips else None,
                 "reading": reading(identical, bool(self.moved or others_moved))}
 
 
