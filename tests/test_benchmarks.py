@@ -18,17 +18,7 @@ from unlearn_audit.probes import tofu, wmdp
 from unlearn_audit.probes.engine import Engine
 from unlearn_audit.spec import TofuSpec, parse_spec, preset_spec
 
-STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def stories():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(STORIES)
-    model = AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
-    return model, tok
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +179,9 @@ def test_tofu_world_fails_the_fragile_and_passes_the_robust(tofu_world, tmp_path
     assert rec["tofu_rouge_f"]["status"] == "exceeds" and rec["tofu_prob_f"]["value"] > 0.9
     code, robust, output = _audit(tofu_world, "miniature/tofu-robust", "tofu:forget10", tmp_path / "r")
     assert code == 0, output
-    assert all(s["status"] == "ok" for s in robust["net_recoveries"] + robust["residuals"])
+    shares = robust["net_recoveries"] + robust["residuals"]
+    assert all(s["status"] == "ok" for s in shares if s["metric"] != "screen_loss")
+    assert {s["status"] for s in shares if s["metric"] == "screen_loss"} == {"not-judged"}  # reported beside them
     runs = {(r["role"], r["variant"]): r["metrics"] for r in robust["runs"]}
     # forget quality: the retained model against itself is p = 1; the original is far from it
     assert runs[("retrain", "full")]["tofu_forget_quality"]["value"] == pytest.approx(1.0)
