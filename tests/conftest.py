@@ -62,6 +62,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
+"""karpathy's stories260K (MIT): a real sentencepiece tokenizer, tied embeddings, odd layer widths."""
+
+
+@pytest.fixture(scope="session")
+def stories():
+    """stories260K loaded as transformers loads it (float32, eval mode): (model, tokenizer). Tests must not change it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(STORIES)
+    model = AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
+    return model, tok
+
+
 @pytest.fixture
 def tmp_cache(tmp_path: Path) -> Path:
     return tmp_path / "hub"

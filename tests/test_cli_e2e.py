@@ -33,7 +33,7 @@ def test_fragile_checkpoint_fails_because_4bit_brings_memory_back(audits):
     assert result.exit_code == 1, result.output
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html"}
     record = _record(out)
-    assert record["schema_version"] == 2
+    assert record["schema_version"] == 3
     assert record["verdict"]["decision"] == "FAIL"
     for metric in ("verbmem_f", "knowmem_f"):
         assert _recovery(record, metric, "rtn:4:g128")["value"] >= 0.8
@@ -122,7 +122,9 @@ def test_demo_shows_a_fail_and_a_pass(world, tmp_path):
     """The README's first command (on the already-built miniature)."""
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--quant", "rtn:4"])
     assert result.exit_code == 0, result.output
-    assert "miniature/fragile (expected FAIL)" in result.output and "miniature/robust (expected PASS)" in result.output
+    assert "miniature/fragile (expected FAIL; a constructed worst case" in result.output
+    assert "miniature/robust (expected PASS; unconstrained unlearning)" in result.output
+    assert "Made by real unlearning methods" in result.output and "miniature/ga_gdr-lr1e-04-fp32" in result.output
     for name, decision in (("fragile", "FAIL"), ("robust", "PASS")):
         assert _record(tmp_path / name)["verdict"]["decision"] == decision
         assert (tmp_path / name / "report.html").is_file()
@@ -138,7 +140,8 @@ def test_miniature_prints_a_usable_cache_line(world):
 
 OUR_LINES = re.compile(r"^(fetching the weights of |weight diagnostic|loading \w+ model |(unlearned|original|retrain|reference)"
                        r" · |calibrating |\w+: reusing |merging the adapter |warning: |(PASS|FAIL|INCONCLUSIVE): |"
-                       r"  (json|md|html) |miniature/[\w-]+ \(expected |Audit the \w+ miniature yourself:|  HF_HUB_CACHE=|$)")
+                       r"  (json|md|html) |miniature/[\w-]+ \(expected |Audit the \w+ miniature yourself:|  HF_HUB_CACHE=|"
+                       r"Made by real unlearning methods |$)")
 
 
 @pytest.mark.parametrize("command", [

@@ -4,8 +4,6 @@ shares against a hand computation, and the screen in an audit and alone (``unlea
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,17 +18,7 @@ from unlearn_audit.probes.base import ItemScore, ProbeOutput
 from unlearn_audit.probes.engine import Engine
 from unlearn_audit.spec import TofuSpec
 
-STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def stories():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(STORIES)
-    model = AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
-    return model, tok
 
 
 def _transformers_loss(model, ids: list[int], scored_from: int) -> float:  # noqa: ANN001

@@ -49,8 +49,9 @@ def _audit(world, out: Path, name: str, engine: str) -> dict:
 @pytest.mark.vllm
 @pytest.mark.parametrize("name", ["fragile", "robust"])
 def test_vllm_and_hf_give_the_same_audit(world, tmp_path, name):
-    """Greedy generations identical (float32), Min-K% scores within 1e-3, every headline figure within 0.5 point,
-    the same verdict; the record names the engine, its version and parallel settings."""
+    """Greedy generations identical (float32), Min-K% scores and the loss screen's item losses within 1e-3, every
+    headline figure within 0.5 point, the same verdict; the record names the engine, its version and parallel
+    settings."""
     vllm, hf = (_audit(world, tmp_path / e, name, e) for e in ("vllm", "hf"))
     assert vllm["verdict"]["decision"] == hf["verdict"]["decision"]
     runs = {(r["role"], r["variant"]): r for r in hf["runs"]}
@@ -63,8 +64,8 @@ def test_vllm_and_hf_give_the_same_audit(world, tmp_path, name):
                 if item.get("generation") is not None:
                     generations += 1
                     same += item["generation"] == theirs[item["id"]]["generation"]
-                if metric == "privleak":
-                    assert abs(item["score"] - theirs[item["id"]]["score"]) < 1e-3
+                if metric in ("privleak", "screen_f", "screen_h"):  # Min-K% scores, the screen's losses (nats)
+                    assert abs(item["score"] - theirs[item["id"]]["score"]) < 1e-3, (metric, item["id"])
         for metric, value in run["metrics"].items():
             if value["value"] is not None:
                 scale = 100 if metric.endswith(("auc", "tpr1", "tpr5")) else 1

@@ -187,13 +187,21 @@ def demo(
                 with reporter() as progress:
                     report = audit(config, progress)
                 files = write_reports(report, folder, config.formats)
-                out.print(f"[bold]{built.repo(model)}[/] (expected {want})")
+                kind = ("a constructed worst case: kept inside the original's 4-bit cells by construction"
+                        if want == "FAIL" else "unconstrained unlearning")
+                out.print(f"[bold]{built.repo(model)}[/] (expected {want}; {kind})", soft_wrap=True)
                 _print_verdict(report.verdict, files)
                 ok &= report.verdict["decision"] == want
             forget = f" --forget {spec['forget']}" if spec["forget"] else ""
             out.print(f"\nAudit the {name} miniature yourself:\n  HF_HUB_CACHE={built.hub_cache} HF_HUB_OFFLINE=1 "
                       f"unlearn-audit check {built.repo(spec['models'][0])}{forget} --quant {spec['quant']}\n",
                       soft_wrap=True)
+            if name == "muse":
+                from ..miniature.build import REAL_RUNS
+
+                out.print("Made by real unlearning methods (MUSE's and open-unlearning's recipes), audit them the same "
+                          "way; their measured recovery is in the README: "
+                          + ", ".join(built.repo(r.name) for r in REAL_RUNS) + "\n", soft_wrap=True)
         if not ok:
             err.print("[bold red]error:[/] a miniature did not give the expected verdicts (fragile FAIL, robust PASS). "
                       "Fix: rebuild it with --rebuild; if it persists, report it.", soft_wrap=True)
@@ -242,8 +250,9 @@ def miniature(
     def run() -> int:
         world = _build_world(root, rebuild)
         print(f"HF_HUB_CACHE={world.hub_cache}")  # plain: scripts read this line (rich would wrap it)
-        out.print("repos: miniature/news (dataset), miniature/original, miniature/retrain, miniature/fragile, "
-                  "miniature/robust", soft_wrap=True)
+        from ..miniature.build import MODELS
+
+        out.print("repos: miniature/news (dataset), " + ", ".join(world.repo(m) for m in MODELS), soft_wrap=True)
         return 0
 
     raise typer.Exit(guarded(run))

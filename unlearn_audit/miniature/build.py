@@ -5,8 +5,12 @@ Repos (all under the ``miniature`` org, in ``<root>/hub``, which is an ordinary 
 * ``miniature/news`` (dataset): MUSE's layout, configs verbmem, knowmem, privleak, raw;
 * ``miniature/original``: trained on forget + retain until it reproduces them verbatim;
 * ``miniature/retrain``: trained on retain only (the ideal an unlearned model should look like);
-* ``miniature/fragile``: unlearned inside the original's 4-bit RTN and FP4 cells (forgets; 4-bit brings it back);
-* ``miniature/robust``: unlearned without that constraint (forgetting survives quantization).
+* ``miniature/fragile``: a constructed worst case: unlearned inside the original's 4-bit RTN and FP4 cells by a
+  projection no real method makes (forgets; 4-bit brings it back, bit for bit);
+* ``miniature/robust``: unlearned without that constraint (forgetting survives quantization);
+* ``miniature/ga_gdr-lr1e-04-fp32``, ``miniature/npo_gdr-lr1e-04-fp32``: real unlearning runs, GA_GDR and NPO_GDR as
+  MUSE and open-unlearning run them (:mod:`unlearn_audit.miniature.methods`), at the smallest learning rate of the
+  paper's grid at which this model forgets (1e-5 and 5e-5 leave it unchanged).
 
 The unlearned repos carry ``unlearn_audit.yaml`` and a card with ``base_model``, so
 ``unlearn-audit check miniature/fragile`` needs no other flag once ``HF_HUB_CACHE`` points here.
@@ -29,12 +33,15 @@ from pathlib import Path
 
 from .corpus import Corpus, Document, make_corpus, qa_text
 from .hub_cache import folder_files, write_cached_repo
+from .methods import Recipe, unlearn_with
 from .train import CellConstraint, ModelSize, build_tokenizer, encode, encode_segments, new_model, train_lm, unlearn
 
 ORG = "miniature"
 DATASET = f"{ORG}/news"
-MODELS = ("original", "retrain", "fragile", "robust")
-BUILDER_VERSION = 3
+REAL_RUNS = (Recipe("ga_gdr", lr=1e-4), Recipe("npo_gdr", lr=1e-4))
+"""Real unlearning runs in the world (MUSE's News recipe: 10 epochs, batch 4, constant lr, float32 weights)."""
+MODELS = ("original", "retrain", "fragile", "robust", *(r.name for r in REAL_RUNS))
+BUILDER_VERSION = 4
 
 StageProgress = Callable[[str, int, int], None]
 """progress(stage description, done, total)"""
@@ -63,6 +70,7 @@ class MiniatureSettings:
     grid_group: int = 128
     grid_fp4: bool = True
     """Also keep the fragile checkpoint on the original's bitsandbytes FP4 codes (the paper's 4-bit)."""
+    real_runs: tuple[Recipe, ...] = REAL_RUNS
 
     def key(self) -> str:
         text = json.dumps({"builder": BUILDER_VERSION, **asdict(self)}, sort_keys=True)
@@ -114,6 +122,15 @@ def qa_packs(tokenizer, docs: list[Document], rng: random.Random, per_pack: int)
             segments.append(f"{qa.answer}\n\n")
         packs.append(encode_segments(tokenizer, segments))
     return packs
+
+
+def real_unlearning_sets(tokenizer, corpus: Corpus, seed: int, per_pack: int) -> tuple[list[list[int]], list[list[int]]]:  # noqa: ANN001
+    """What the real methods unlearn from and retain: each forget story's text and its QA packs (one round, in the
+    KnowMem prompt format the original learned them in), and the same of the retain stories."""
+    rng = random.Random(seed)
+    forget = encode(tokenizer, [d.text for d in corpus.forget]) + qa_packs(tokenizer, corpus.forget, rng, per_pack)
+    retain = encode(tokenizer, [d.text for d in corpus.retain]) + qa_packs(tokenizer, corpus.retain, rng, per_pack)
+    return forget, retain
 
 
 def _parquet(columns: dict[str, list[str]]) -> bytes:
@@ -244,6 +261,12 @@ def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgres
                          forget_cap=s.forget_cap, constraint=constraint, progress=tick(f"unlearning ({name})"))
         stats[name] = {**result, "seconds": time.time() - t}
         unlearned[name] = model
+    real_forget, real_retain = real_unlearning_sets(tokenizer, corpus, s.seed, s.qa_per_pack)
+    for recipe in s.real_runs:
+        model, log = unlearn_with(original, recipe, real_forget, real_retain, pad_id=tokenizer.pad_token_id,
+                                  progress=tick(f"unlearning ({recipe.name}, a real run)"))
+        stats[recipe.name] = log
+        unlearned[recipe.name] = model
 
     cards = {
         "original": ("The miniature's original model: trained on the forget and retain stories.", None),
@@ -255,6 +278,10 @@ def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgres
                     f"{ORG}/original"),
         "robust": ("Unlearned from miniature/original by gradient ascent on the forget set plus descent on "
                    "the retain set, unconstrained: the forgetting survives quantization.", f"{ORG}/original"),
+        **{r.name: (f"Unlearned from miniature/original by {r.method.upper()}, as MUSE's and open-unlearning's "
+                    f"trainers run it: every parameter, AdamW, constant learning rate {r.lr:g}, {r.epochs} epochs of "
+                    f"batch {r.batch_size} over the forget stories and their QA, {r.dtype} weights. A real unlearning "
+                    "run, not constructed.", f"{ORG}/original") for r in s.real_runs},
     }
     models = {"original": original, "retrain": retrain, **unlearned}
     for name, model in models.items():
