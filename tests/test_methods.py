@@ -5,6 +5,7 @@ alone."""
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -4,6 +4,7 @@ shares against a hand computation, and the screen in an audit and alone (``unlea
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
