@@ -38,7 +38,7 @@ MINIATURE_RUNS = ",".join([
     "ga:1e-5:float32", "ga:1e-4:float32", "ga_klr:1e-4:float32", "ga_klr:3e-4:float32", "npo:1e-4:float32",
     *(f"{m}:{lr}:bfloat16" for lr in ("1e-5", "1e-4", "2e-4", "3e-4") for m in ("ga_gdr", "npo_gdr")),
 ])
-SMOLLM_RUNS = "ga_gdr:1e-5:float32,ga_gdr:1e-4:float32,ga_gdr:1e-5:bfloat16,ga_gdr:1e-4:bfloat16,npo_gdr:1e-4:float32"
+SMOLLM_RUNS = "ga_gdr:1e-5:float32,ga_gdr:1e-4:float32,ga_gdr:1e-5:bfloat16,npo_gdr:1e-4:float32"
 FOUR_BIT = "rtn:4,bnb:nf4,gguf:q4_k_m"
 PROBED = {"verbmem_f": "verbmem_f", "knowmem_f": "knowmem_f", "privleak": "privleak_auc", "screen_loss": "screen_loss"}
 """Share metric -> the statistic its values are read from (PrivLeak's shares are taken on its AUC)."""
