@@ -56,6 +56,11 @@ def parse_runs(text: str, epochs: int | None):  # noqa: ANN201
     return recipes
 
 
+def _pad_id(tokenizer) -> int:  # noqa: ANN001
+    """The padding id (SmolLM2 pads with end-of-text where it names no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _save(model, tokenizer, folder: Path, card: str) -> Path:  # noqa: ANN001
     work = folder.with_name(folder.name + ".partial")
     model.save_pretrained(work)
@@ -70,15 +75,19 @@ def miniature_setup(root: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unlearn_audit.hub import resolve
-    from unlearn_audit.miniature.build import MiniatureSettings, build_miniature, real_unlearning_sets
+    from unlearn_audit.miniature.build import (
+        MiniatureSettings,
+        build_miniature,
+        real_unlearning_sets,
+    )
     from unlearn_audit.miniature.corpus import make_corpus
 
     world = build_miniature()
     s = MiniatureSettings()
     original = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
     tok = AutoTokenizer.from_pretrained(original)
-    forget, retain = real_unlearning_sets(tok, make_corpus(s.n_forget, s.n_retain, s.n_holdout, s.seed), s.seed,
-                                          s.qa_per_pack)
+    forget, retain = real_unlearning_sets(tok, make_corpus(s.n_forget, s.n_retain, s.n_holdout, s.seed),
+                                          random.Random(s.seed), s.qa_per_pack)
     spec = root / "miniature-spec.yaml"
     spec.write_text("spec_version: 1\ndataset: miniature/news\noriginal: miniature/original\n"
                     "retrain: miniature/retrain\n")
@@ -90,13 +99,13 @@ def miniature_setup(root: Path) -> dict:
 def smollm_setup(root: Path, steps: int) -> dict:
     """SmolLM2-135M-Instruct fine-tuned on 8 forget and 8 retain stories (and their QA) of the miniature's corpus, a
     MUSE-layout dataset of them, and the untouched SmolLM2 as the reference model."""
+    from bench_real import build_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench_real import build_smollm2
     from unlearn_audit.cache import home
-    from unlearn_audit.miniature.build import dataset_files, qa_packs
+    from unlearn_audit.miniature.build import dataset_files, real_unlearning_sets
     from unlearn_audit.miniature.corpus import make_corpus
-    from unlearn_audit.miniature.train import _batch, encode
+    from unlearn_audit.miniature.train import _batch
 
     base = build_smollm2(home() / "real" / "smollm2-135m")
     corpus = make_corpus(8, 8, 8, 1234)
@@ -106,9 +115,8 @@ def smollm_setup(root: Path, steps: int) -> dict:
             (data / name).parent.mkdir(parents=True, exist_ok=True)
             (data / name).write_bytes(content)
     tok = AutoTokenizer.from_pretrained(base)
-    rng = random.Random(1234)
-    forget = encode(tok, [d.text for d in corpus.forget]) + qa_packs(tok, corpus.forget, rng, 8)
-    retain = encode(tok, [d.text for d in corpus.retain]) + qa_packs(tok, corpus.retain, rng, 8)
+    rng = random.Random(1234)  # draws the QA packs, then the fine-tuning order
+    forget, retain = real_unlearning_sets(tok, corpus, rng, 8)
     original = root / f"smollm2-135m-news-ft{steps}"
     if not (original / "config.json").is_file():
         t = time.time()
@@ -125,7 +133,7 @@ def smollm_setup(root: Path, steps: int) -> dict:
                 order = list(range(len(seqs)))
                 rng.shuffle(order)
             batch = [seqs[order.pop()] for _ in range(min(4, len(order)))]
-            ids, mask, labels = _batch(batch, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            ids, mask, labels = _batch(batch, _pad_id(tok))
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             opt.zero_grad()
             loss.backward()
@@ -151,8 +159,7 @@ def unlearned_checkpoint(setup: dict, recipe, root: Path) -> tuple[Path, dict]: 
     if log_file.is_file():
         return folder, json.loads(log_file.read_text())
     tok = setup["tokenizer"]
-    model, log = unlearn_with(setup["load"](), recipe, setup["forget"], setup["retain"],
-                              pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    model, log = unlearn_with(setup["load"](), recipe, setup["forget"], setup["retain"], pad_id=_pad_id(tok))
     _save(model, tok, folder, f"---\nbase_model: {setup['original']}\n---\n# {recipe.name}\n")
     log_file.write_text(json.dumps(log, indent=2))
     return folder, log

@@ -9,8 +9,8 @@ Repos (all under the ``miniature`` org, in ``<root>/hub``, which is an ordinary 
   projection no real method makes (forgets; 4-bit brings it back, bit for bit);
 * ``miniature/robust``: unlearned without that constraint (forgetting survives quantization);
 * ``miniature/ga_gdr-lr1e-04-fp32``, ``miniature/npo_gdr-lr1e-04-fp32``: real unlearning runs, GA_GDR and NPO_GDR as
-  MUSE and open-unlearning run them (:mod:`unlearn_audit.miniature.methods`), at the smallest learning rate of the
-  paper's grid at which this model forgets (1e-5 and 5e-5 leave it unchanged).
+  MUSE and open-unlearning run them (:mod:`unlearn_audit.miniature.methods`), at the smallest learning rate at which
+  this model forgets its stories (measured: at 1e-5 it forgets nothing; at 5e-5 VerbMem stays 99-100).
 
 The unlearned repos carry ``unlearn_audit.yaml`` and a card with ``base_model``, so
 ``unlearn-audit check miniature/fragile`` needs no other flag once ``HF_HUB_CACHE`` points here.
@@ -124,10 +124,10 @@ def qa_packs(tokenizer, docs: list[Document], rng: random.Random, per_pack: int)
     return packs
 
 
-def real_unlearning_sets(tokenizer, corpus: Corpus, seed: int, per_pack: int) -> tuple[list[list[int]], list[list[int]]]:  # noqa: ANN001
+def real_unlearning_sets(tokenizer, corpus: Corpus, rng: random.Random, per_pack: int  # noqa: ANN001
+                         ) -> tuple[list[list[int]], list[list[int]]]:
     """What the real methods unlearn from and retain: each forget story's text and its QA packs (one round, in the
-    KnowMem prompt format the original learned them in), and the same of the retain stories."""
-    rng = random.Random(seed)
+    KnowMem prompt format the original learned them in; ``rng`` draws the packs), and the same of the retain stories."""
     forget = encode(tokenizer, [d.text for d in corpus.forget]) + qa_packs(tokenizer, corpus.forget, rng, per_pack)
     retain = encode(tokenizer, [d.text for d in corpus.retain]) + qa_packs(tokenizer, corpus.retain, rng, per_pack)
     return forget, retain
@@ -261,7 +261,7 @@ def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgres
                          forget_cap=s.forget_cap, constraint=constraint, progress=tick(f"unlearning ({name})"))
         stats[name] = {**result, "seconds": time.time() - t}
         unlearned[name] = model
-    real_forget, real_retain = real_unlearning_sets(tokenizer, corpus, s.seed, s.qa_per_pack)
+    real_forget, real_retain = real_unlearning_sets(tokenizer, corpus, random.Random(s.seed), s.qa_per_pack)
     for recipe in s.real_runs:
         model, log = unlearn_with(original, recipe, real_forget, real_retain, pad_id=tokenizer.pad_token_id,
                                   progress=tick(f"unlearning ({recipe.name}, a real run)"))

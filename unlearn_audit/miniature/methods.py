@@ -78,19 +78,22 @@ class Recipe:
                 "schedule": "constant, no warm-up", "trained": "every parameter"}
 
 
-def sequence_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL of each sequence (labels -100 left out) and the logits (float32)."""
+def sequence_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of each sequence (labels -100 left out), computed in float32."""
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     targets = labels[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
-    return nll.sum(dim=-1), logits
+    return nll.sum(dim=-1)
+
+
+def _per_token(total: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A batch's summed NLL as the mean per scored token."""
+    return total.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
 
 
 def mean_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean NLL per scored token over the batch (what ``model(labels=...).loss`` returns)."""
-    total, _ = sequence_nll(model, ids, mask, labels)
-    return total.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
+    return _per_token(sequence_nll(model, ids, mask, labels), labels)
 
 
 def kl_to_reference(model: nn.Module, reference: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,26 +106,31 @@ def kl_to_reference(model: nn.Module, reference: nn.Module, ids: torch.Tensor, m
     return per_position[real].mean()
 
 
+def _npo(nll: torch.Tensor, reference: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+         beta: float) -> torch.Tensor:
+    """NPO from the model's summed NLL per sequence ``nll`` and the frozen reference's on the same batch."""
+    with torch.no_grad():
+        ref_nll = sequence_nll(reference, ids, mask, labels)
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+
+
 def npo_loss(model: nn.Module, reference: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
              beta: float) -> torch.Tensor:
     """open-unlearning's NPO: ``-(2/beta) * mean log sigmoid(beta * (NLL_model - NLL_reference))`` per sequence."""
-    nll, _ = sequence_nll(model, ids, mask, labels)
-    with torch.no_grad():
-        ref_nll, _ = sequence_nll(reference, ids, mask, labels)
-    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+    return _npo(sequence_nll(model, ids, mask, labels), reference, ids, mask, labels, beta)
 
 
 def method_loss(recipe: Recipe, model: nn.Module, reference: nn.Module | None,
                 forget: tuple[torch.Tensor, ...], retain: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
-    """The method's loss on one forget batch and its retain batch, and the forget batch's mean NLL (logged)."""
+    """The method's loss on one forget batch and its retain batch, and the forget batch's mean NLL (logged, from the
+    same forward pass)."""
     method = recipe.method
+    nll = sequence_nll(model, *forget)
+    forget_nll = float(_per_token(nll.detach(), forget[2]))
     if method.startswith("npo"):
-        loss = npo_loss(model, reference, *forget, recipe.beta)
-        with torch.no_grad():
-            forget_nll = float(mean_nll(model, *forget))
+        loss = _npo(nll, reference, *forget, recipe.beta)
     else:
-        nll = mean_nll(model, *forget)
-        loss, forget_nll = -nll, nll.item()
+        loss = -_per_token(nll, forget[2])
     if method.endswith("_gdr"):
         loss = loss + recipe.alpha * mean_nll(model, *retain)
     elif method.endswith("_klr"):
