@@ -33,6 +33,22 @@ def world():
 
 
 @pytest.fixture(scope="session")
+def tofu_world():
+    """The miniature TOFU world (see unlearn_audit.miniature.worlds)."""
+    from unlearn_audit.miniature.worlds import build_world
+
+    return build_world("tofu")
+
+
+@pytest.fixture(scope="session")
+def wmdp_world():
+    """The miniature WMDP world: WMDP-Bio and MMLU layouts, an original, a retrained, a fragile and a robust model."""
+    from unlearn_audit.miniature.worlds import build_world
+
+    return build_world("wmdp")
+
+
+@pytest.fixture(scope="session")
 def audits(world, tmp_path_factory):
     """Audits of the fragile and robust checkpoints through the CLI, run once and shared."""
     from typer.testing import CliRunner

@@ -9,7 +9,7 @@ from unlearn_audit.data import load_forget_data
 from unlearn_audit.hub import resolve
 from unlearn_audit.models import load_model
 from unlearn_audit.errors import RuntimeFailure
-from unlearn_audit.probes.engine import Engine, is_out_of_memory
+from unlearn_audit.probes.engine import Engine, context_length, is_out_of_memory
 from unlearn_audit.spec import spec_for_dataset
 
 
@@ -57,6 +57,19 @@ def test_long_inputs_are_truncated_and_counted(original):
     (gen,) = engine.generate([long_text], 8)
     assert isinstance(gen, str)
     assert engine.truncated == {"generate": 1, "score": 1}
+
+
+def test_context_length_is_found_as_lm_evaluation_harness_finds_it():
+    """The text model's config first (n_positions, max_position_embeddings, n_ctx), then the tokenizer's
+    model_max_length unless it is transformers' "unset", then 2048."""
+    from types import SimpleNamespace as NS
+
+    assert context_length(NS(n_positions=64, max_position_embeddings=128)) == 64
+    assert context_length(NS(max_position_embeddings=128, n_ctx=32)) == 128
+    assert context_length(NS(max_position_embeddings=4096, text_config=NS(max_position_embeddings=512))) == 512
+    assert context_length(NS(), NS(model_max_length=300)) == 300
+    assert context_length(NS(), NS(model_max_length=int(1e30))) == 2048
+    assert context_length(NS(), None) == 2048
 
 
 def test_stop_strings_end_each_sequence_without_changing_the_cut_text(original, data):

@@ -52,7 +52,7 @@ def test_muse_texts_loss_equals_transformers_loss(stories):
 
 def test_tofu_and_wmdp_losses_equal_transformers_loss(stories):
     """TOFU: the answer's tokens after open-unlearning's prompt (TOFU's avg_loss); WMDP: the right letter after
-    lm-evaluation-harness's prompt, no BOS. Neither benchmark's data has held-out texts for the screen."""
+    lm-evaluation-harness's prompt, BOS first as the tokenizer adds it (lm-eval 0.4.13). Neither benchmark's data has held-out texts for the screen."""
     model, tok = stories
     engine = Engine(model, tok, batch_size=2)
     qa = TofuItems(["Who wrote the story about the little dog?"], ["Tim wrote it."], [], [["Sue wrote it."]])
@@ -68,7 +68,8 @@ def test_tofu_and_wmdp_losses_equal_transformers_loss(stories):
     wmdp_data = ForgetData(benchmark="wmdp", wmdp=choices)
     (item,) = screen.screen(engine, screen.pairs(engine, wmdp_data, "forget", settings), "screen_f").items
     text = wmdp.context("What did Tim eat?", choices.choices[0], "biology")
-    ctx, whole = tok(text, add_special_tokens=False)["input_ids"], tok(text + " D", add_special_tokens=False)["input_ids"]
+    ctx, whole = tok(text)["input_ids"], tok(text + " D")["input_ids"]
+    assert whole[0] == tok.bos_token_id
     assert item.score == pytest.approx(_transformers_loss(model, whole, len(ctx)), rel=1e-5)
     assert screen.count(wmdp_data, "forget") == 1 and screen.count(wmdp_data, "holdout") == 0
 

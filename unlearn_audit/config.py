@@ -61,6 +61,9 @@ class ProbeSettings:
 
     flavour: str = "muse"
     """``muse`` (default) or ``open-unlearning``: which reference's ROUGE and Min-K% details to follow."""
+    lm_eval: str = "0.4.13"
+    """WMDP/MMLU: the lm-evaluation-harness release whose scoring to follow: ``0.4.13`` (BOS as the tokenizer adds
+    it, as every release since 0.4.9.2) or ``0.4.9.1`` (no special tokens, as numbers published before)."""
     sample_temperature: float | None = None
     """None: greedy decoding (MUSE). A temperature: seeded sampling, as the quantization paper's fork
     samples (it used 0.9, unseeded)."""
@@ -94,6 +97,11 @@ class ProbeSettings:
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise UsageError(f"unknown metric flavour '{self.flavour}'", f"use one of {', '.join(FLAVOURS)}")
+        from .probes.wmdp import LM_EVAL
+
+        if self.lm_eval not in LM_EVAL:
+            raise UsageError(f"unknown lm-evaluation-harness flavour '{self.lm_eval}'",
+                             f"use --lm-eval {' or '.join(LM_EVAL)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch size {self.batch_size} is not positive", "give --batch-size 1 or more, or auto")
         from .probes.engine import ENGINES

@@ -100,8 +100,8 @@ class TofuSpec(_Probed):
     base models); Llama-2-chat's TOFU models use ``[INST] `` / `` [/INST]`` / empty."""
     system_prompt: str | None = "You are a helpful assistant."
     """With ``chat_template: true``: the system turn before the question (open-unlearning's Llama-3 Instruct setting)."""
-    max_new_tokens: int = Field(default=64, ge=1)
-    """Greedy tokens generated for ROUGE (open-unlearning's ``generation/default.yaml``)."""
+    max_new_tokens: int = Field(default=200, ge=1)
+    """Greedy tokens generated for ROUGE (open-unlearning's ``configs/generation/default.yaml``: 200)."""
 
     def perturbed_split(self) -> str:
         return self.forget_perturbed_split or f"{self.forget_split}_perturbed"

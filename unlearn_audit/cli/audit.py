@@ -56,6 +56,10 @@ def check(
     flavour: Annotated[str, typer.Option(
         help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
              "(stemmer, max(1, int(n*k))).")] = "muse",
+    lm_eval: Annotated[str, typer.Option(
+        "--lm-eval", help="WMDP/MMLU: score as this lm-evaluation-harness release does: 0.4.13 (BOS as the "
+                          "tokenizer adds it, every release since 0.4.9.2) or 0.4.9.1 (no BOS, as older published "
+                          "numbers).")] = "0.4.13",
     sample_temperature: Annotated[Optional[float], typer.Option(
         help="Sample at this temperature (seeded) instead of greedy decoding, as the quantization paper's "
              "code does (0.9).")] = None,
@@ -114,7 +118,7 @@ def _audit(o: dict, *, screen_only: bool) -> int:
         probes=ProbeSettings(max_items=o["max_items"], batch_size=_batch_size(o["batch_size"]), engine=o["engine"],
                              tensor_parallel=o["tensor_parallel"], pipeline_parallel=o["pipeline_parallel"],
                              gpu_memory_utilization=o["gpu_memory_utilization"], max_model_len=o["max_model_len"],
-                             seed=o["seed"], flavour=o["flavour"], chat_template=o["chat_template"],
+                             seed=o["seed"], flavour=o["flavour"], lm_eval=o["lm_eval"], chat_template=o["chat_template"],
                              sample_temperature=o["sample_temperature"], only=SCREEN if screen_only else None),
         device=o["device"], dtype=o["dtype"], device_map=o["device_map"], cache_results=o["cache"],
         results_dir=o["results_dir"], calibration=o["calibration"], scratch_dir=o["scratch"],

@@ -100,7 +100,7 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.context = context_length(self.model.config, self.tokenizer)
         self.budget = TokenBudget.automatic(self.model) if self.batch_size is None else TokenBudget(self.batch_size)
         self.batch_size = self.budget.items
         self.scoring = _ChunkedHead.find(self.model)
@@ -253,13 +253,14 @@ class Engine:
     def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
                               advance: Advance | None = None) -> list[np.ndarray]:
         """For each (context ids, continuation ids): log p of every continuation token given all before it, from
-        one forward pass over ``context + continuation`` (the probes tokenise, as each benchmark's reference code
-        does; a sequence longer than the context window keeps its end)."""
-        encoded, widths = fit_pairs(pairs, self.context, self.truncated)
+        one forward pass over ``context + continuation`` without its last token (the probes tokenise, as each
+        benchmark's reference code does). As lm-evaluation-harness's ``hf`` model: a sequence longer than the
+        context window keeps its last ``context + 1`` tokens, of which the model sees all but the last."""
+        encoded, widths = fit_pairs(pairs, self.context + 1, self.truncated)
         result: list[np.ndarray] = [np.empty(0)] * len(pairs)
 
         def run(batch: list[int]) -> None:
-            ids, mask = self._pad([encoded[i] for i in batch], left=False)
+            ids, mask = self._pad([encoded[i][:-1] for i in batch], left=False)
             ids, mask = ids.to(self.device), mask.to(self.device)
             head = self.scoring
             if head is not None and head.verified is None:
@@ -272,13 +273,32 @@ class Engine:
                 states = hidden[row, n - width - 1:n - 1]  # position t predicts token t + 1
                 logits = head.logits(states) if use_head else states
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
-                targets = ids[row, n - width:n]
+                targets = torch.tensor(encoded[i][n - width:n], device=self.device)
                 result[i] = logprobs.gather(-1, targets[:, None]).squeeze(-1).double().cpu().numpy()
             if advance:
                 advance(len(batch))
 
         self._each_batch(encoded, run)
         return result
+
+
+TOKENIZER_INFINITY = int(1e30)
+"""transformers' ``model_max_length`` when the tokenizer sets none."""
+
+
+def context_length(config: Any, tokenizer: Any = None, default: int = 2048) -> int:
+    """The model's context in tokens, found as lm-evaluation-harness (0.4.13, ``resolve_max_length``) finds it: the
+    text model's config (``text_config`` where nested) field ``n_positions``, ``max_position_embeddings`` or
+    ``n_ctx``, else the tokenizer's ``model_max_length`` where set, else 2048."""
+    cfg = getattr(config, "text_config", None) or config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit != TOKENIZER_INFINITY:
+        return int(limit)
+    return default
 
 
 def fit_pairs(pairs: list[tuple[list[int], list[int]]], limit: int,

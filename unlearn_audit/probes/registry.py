@@ -89,7 +89,7 @@ def _tofu_count(part: str) -> Callable[[ForgetData], int]:
 
 def _choices(part: str) -> Callable[[Any, ForgetData, Any, Any], ProbeOutput]:
     def run(engine: Any, data: ForgetData, s: Any, advance: Any) -> ProbeOutput:
-        return wmdp.probe(engine, getattr(data, part), f"{part}_acc", advance)
+        return wmdp.probe(engine, getattr(data, part), f"{part}_acc", advance, lm_eval=s.lm_eval)
     return run
 
 

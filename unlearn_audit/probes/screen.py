@@ -59,7 +59,7 @@ def pairs(engine: Engine, data: ForgetData, part: str, settings: Any) -> list[Pa
         if part != "forget" or data.wmdp is None:
             return []
         items = data.wmdp
-        return [encode_pair(engine.tokenizer, context(q, c, s), " " + LETTERS[a])
+        return [encode_pair(engine.tokenizer, context(q, c, s), " " + LETTERS[a], settings.lm_eval)
                 for q, c, s, a in zip(items.questions, items.choices, items.subjects, items.answers)]
     return _text_pairs(engine, data.privleak_forget if part == "forget" else data.privleak_holdout)
 

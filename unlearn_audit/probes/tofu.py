@@ -10,7 +10,7 @@ given all before it: ``avg_loss`` is their mean negative log-likelihood and the 
 
 Per item, on each set:
 
-* ROUGE: greedy generation after the prompt (``max_new_tokens`` 64), decoded without special tokens, cut at the
+* ROUGE: greedy generation after the prompt (``max_new_tokens`` 200), decoded without special tokens, cut at the
   EOS text, stripped; ROUGE-L **recall** against the answer (``rouge_score``, Porter stemmer);
 * probability: ``exp(-avg_loss)`` of the answer;
 * truth ratio ``tr = exp(-mean_j avg_loss(perturbed_j)) / (exp(-avg_loss(correct)) + 1e-10)``, ``correct`` the

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuntimeFailure, UsageError
-from .engine import Advance, Engine, TokenStats, fit_pairs
+from .engine import Advance, Engine, TokenStats, context_length, fit_pairs
 
 INSTALL = "make vllm (a .venv-vllm with vLLM and constraints-vllm.txt), then run unlearn-audit from .venv-vllm"
 
@@ -78,8 +78,7 @@ class VLLMEngine:
         self.version = require_vllm()
         if self.source is None:
             raise RuntimeFailure("the vllm engine got no model folder", "a bug if you see this")
-        self.context = (self.settings.max_model_len
-                        or getattr(self.model.config, "max_position_embeddings", None) or 2048)
+        self.context = self.settings.max_model_len or context_length(self.model.config, self.tokenizer)
         self.eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         if self.eos is None:
             self.eos = self.tokenizer.eos_token_id
@@ -163,7 +162,9 @@ class VLLMEngine:
 
     def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
                               advance: Advance | None = None) -> list[np.ndarray]:
-        """log p of each continuation token from vLLM's ``prompt_logprobs`` over ``context + continuation``."""
+        """log p of each continuation token from vLLM's ``prompt_logprobs`` over ``context + continuation``. A
+        sequence longer than the context keeps its last ``context`` tokens (vLLM scores only tokens it is given,
+        so one context token fewer than the hf engine and lm-evaluation-harness keep)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
