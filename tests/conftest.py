@@ -16,6 +16,8 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="unlearn-audit-test-hf-")
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("HF_TOKEN", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: share the cores between the workers
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 # The miniature is built inside the checkout (ignored by git): a fresh clone, as in CI, builds it anew.
 os.environ.setdefault("UNLEARN_AUDIT_HOME", str(Path(__file__).resolve().parent.parent / ".test-cache"))
 # Probe results are cached per session only: every test session computes what it checks.
@@ -63,6 +65,19 @@ def audits(world, tmp_path_factory):
                                      "--cache-dir", str(world.hub_cache), "--out", str(out)])
         results[name] = (result, out)
     return results
+
+
+def pytest_sessionstart(session):
+    """Under pytest-xdist (``-n``): build the miniature worlds in the controller before its workers start, so no
+    two processes build or replace the same world. A plain run builds each world when a test first needs it."""
+    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
+        return
+    from unlearn_audit.miniature.build import build_miniature
+    from unlearn_audit.miniature.worlds import build_world
+
+    build_miniature()
+    for kind in ("tofu", "wmdp"):
+        build_world(kind)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -178,3 +178,46 @@ def test_tofu_figures_equal_open_unlearnings(name, tofu_runs):
         assert values[metric].value / 100 == pytest.approx(peer[figure]["agg_value"], rel=rel), metric
     assert result.forget_quality["unlearned"][FULL] == pytest.approx(peer["forget_quality"]["agg_value"], rel=1e-4)
     assert np.isfinite(result.forget_quality["unlearned"][FULL])
+
+
+MUSE = Path(__file__).resolve().parent / "fixtures" / "peers" / "muse_eval.json"
+
+
+@pytest.fixture(scope="module")
+def muse_peer(world):
+    from unlearn_audit.spec import spec_for_dataset
+
+    theirs = json.loads(MUSE.read_text())
+    if theirs["world"] != world.info:
+        pytest.fail(f"{MUSE.name} was made on another MUSE miniature; remake it: {theirs['command']}")
+    folder = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
+    return theirs["models"], load_forget_data(folder, spec_for_dataset("miniature/news"))
+
+
+@pytest.mark.parametrize("name", ("original", "fragile", "robust", "retrain", "ga_gdr-lr1e-04-fp32",
+                                  "npo_gdr-lr1e-04-fp32"))
+def test_muse_metrics_equal_muses_own_code(name, muse_peer, world):
+    """MUSE's own ``metrics/*.py`` (stored outputs, ``benchmarks/peers/muse_eval.py``) against the tool's MUSE probes
+    at the default ``--flavour muse``: every VerbMem and KnowMem generation and ROUGE-L F1 equal, every Min-40% within
+    1e-4, the forget/holdout AUC equal."""
+    from unlearn_audit.probes import muse
+    from unlearn_audit.scoring import auc_forget_vs_holdout
+
+    theirs, data = muse_peer
+    peer = theirs[f"miniature/{name}"]
+    loaded = load_model(resolve(f"miniature/{name}", cache_dir=world.hub_cache, offline=True))
+    engine = Engine(loaded.model, loaded.tokenizer)
+    verbmem = muse.verbmem(engine, data.verbmem_prompts, data.verbmem_refs, 128)
+    for item, d in zip(verbmem.items, peer["verbmem_f"], strict=True):
+        assert (item.reference, item.generation) == (d["gt"], d["response"])
+        assert item.score == pytest.approx(d["rougeL"], abs=1e-12)
+    for metric, qa in (("knowmem_f", data.knowmem_forget), ("knowmem_r", data.knowmem_retain)):
+        out = muse.knowmem(engine, qa, metric, 32)
+        for item, d in zip(out.items, peer[metric], strict=True):
+            assert item.generation == d["response"] and item.score == pytest.approx(d["rougeL"], abs=1e-12)
+    privleak = muse.privleak(engine, data.privleak_forget, data.privleak_holdout)
+    forget, holdout = privleak.scores("forget"), privleak.scores("holdout")
+    assert forget == pytest.approx(peer["privleak"]["forget"], abs=1e-4)
+    assert holdout == pytest.approx(peer["privleak"]["holdout"], abs=1e-4)
+    assert auc_forget_vs_holdout(forget, holdout) == pytest.approx(peer["privleak"]["auc_forget_holdout_min40"],
+                                                                   abs=1e-12)

@@ -258,9 +258,16 @@ class Engine:
         context window keeps its last ``context + 1`` tokens, of which the model sees all but the last."""
         encoded, widths = fit_pairs(pairs, self.context + 1, self.truncated)
         result: list[np.ndarray] = [np.empty(0)] * len(pairs)
+        # Pairs that feed the model the same tokens (a multiple-choice question's one-token answers) share one forward
+        # pass, as the harness's ``hf`` model groups them: the states are the same, only the last target differs.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, seq in enumerate(encoded):
+            groups.setdefault(tuple(seq[:-1]), []).append(i)
+        fed = list(groups)
+        members = list(groups.values())
 
         def run(batch: list[int]) -> None:
-            ids, mask = self._pad([encoded[i][:-1] for i in batch], left=False)
+            ids, mask = self._pad([list(fed[g]) for g in batch], left=False)
             ids, mask = ids.to(self.device), mask.to(self.device)
             head = self.scoring
             if head is not None and head.verified is None:
@@ -268,17 +275,19 @@ class Engine:
             use_head = head is not None and head.verified
             hidden = (head.hidden(self.model, ids, mask) if use_head
                       else self.model(input_ids=ids, attention_mask=mask).logits)
-            for row, i in enumerate(batch):
-                n, width = len(encoded[i]), widths[i]
+            for row, g in enumerate(batch):
+                n, width = len(fed[g]) + 1, max(widths[i] for i in members[g])
                 states = hidden[row, n - width - 1:n - 1]  # position t predicts token t + 1
                 logits = head.logits(states) if use_head else states
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
-                targets = torch.tensor(encoded[i][n - width:n], device=self.device)
-                result[i] = logprobs.gather(-1, targets[:, None]).squeeze(-1).double().cpu().numpy()
+                for i in members[g]:
+                    targets = torch.tensor(encoded[i][n - widths[i]:n], device=self.device)
+                    result[i] = (logprobs[width - widths[i]:].gather(-1, targets[:, None]).squeeze(-1)
+                                 .double().cpu().numpy())
             if advance:
-                advance(len(batch))
+                advance(sum(len(members[g]) for g in batch))
 
-        self._each_batch(encoded, run)
+        self._each_batch([list(seq) + [0] for seq in fed], run)
         return result
 
 

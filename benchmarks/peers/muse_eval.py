@@ -1,0 +1,81 @@
+"""Run MUSE's own evaluation code on the MUSE miniature and store its per-item outputs as a test fixture.
+
+MUSE's repository (swj0419/muse_bench) is not a package on PyPI, and the suite cannot fetch it, so this script
+runs its metric functions once, from a checkout, on the libraries installed here, and writes what they returned:
+
+    python benchmarks/peers/muse_eval.py --checkout PATH/TO/muse_bench \
+        --out tests/fixtures/peers/muse_eval.json
+
+Its code runs unchanged: ``metrics/verbmem.py``, ``metrics/knowmem.py`` and ``metrics/privleak.py``'s ``eval``
+(imported from the checkout as the package ``metrics``), with each model and tokenizer loaded as its
+``utils.load_model`` and ``load_tokenizer`` load them (``from_pretrained``; float32 on CPU). The items are the miniature's (read by unlearn-audit's data loader: MUSE's loader reads
+its own JSON files): VerbMem's prompts and references, KnowMem's questions, answers and in-context examples,
+PrivLeak's forget and holdout texts (the holdout texts also fill the retain slot its ``eval`` requires; only the
+forget/holdout AUC is kept). ``tests/test_peer_parity.py`` compares the tool with the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+MODELS = ("original", "fragile", "robust", "retrain", "ga_gdr-lr1e-04-fp32", "npo_gdr-lr1e-04-fp32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", type=Path, required=True, help="a checkout of swj0419/muse_bench")
+    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/peers/muse_eval.json"))
+    args = parser.parse_args()
+    checkout = args.checkout.resolve()
+    sys.path.insert(0, str(checkout))
+    import torch
+    from metrics.knowmem import eval as eval_knowmem
+    from metrics.privleak import eval as eval_privleak
+    from metrics.verbmem import eval as eval_verbmem
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearn_audit.data import load_forget_data
+    from unlearn_audit.hub import resolve
+    from unlearn_audit.miniature.build import build_miniature
+    from unlearn_audit.spec import spec_for_dataset
+
+    world = build_miniature()
+    folder = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
+    data = load_forget_data(folder, spec_for_dataset("miniature/news"))
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    result = {"peer": "swj0419/muse_bench", "commit": commit, "command": " ".join(["python", *sys.argv]),
+              "made": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world": world.info, "models": {}}
+    for name in MODELS:
+        path = resolve(f"miniature/{name}", cache_dir=world.hub_cache, offline=True).path
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        with torch.no_grad():
+            _, verbmem = eval_verbmem(model, tokenizer, data.verbmem_prompts, data.verbmem_refs, 128)
+            kept = {"verbmem_f": [{"rougeL": d["rougeL"], "response": d["response"], "gt": d["gt"]} for d in verbmem]}
+            for metric, qa in (("knowmem_f", data.knowmem_forget), ("knowmem_r", data.knowmem_retain)):
+                _, log = eval_knowmem(model, tokenizer, qa.questions, qa.answers, qa.icl_questions, qa.icl_answers, 32)
+                kept[metric] = [{"rougeL": d["rougeL"], "response": d["response"]} for d in log]
+            auc, log = eval_privleak(data.privleak_forget, data.privleak_holdout, data.privleak_holdout, model,
+                                     tokenizer)
+        kept["privleak"] = {"auc_forget_holdout_min40": auc["forget_holdout_Min-40%"],
+                            "forget": [d["Min-40%"] for d in log["forget"]],
+                            "holdout": [d["Min-40%"] for d in log["holdout"]]}
+        result["models"][f"miniature/{name}"] = kept
+        print(f"{name}: VerbMem {100 * sum(d['rougeL'] for d in kept['verbmem_f']) / len(verbmem):.1f}, "
+              f"KnowMem {100 * sum(d['rougeL'] for d in kept['knowmem_f']) / len(kept['knowmem_f']):.1f}, "
+              f"AUC {auc['forget_holdout_Min-40%']:.3f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    partial.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
