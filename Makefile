@@ -15,7 +15,7 @@ gguf:
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -c constraints.txt -e '.[gguf]'
 
 test: install browser vllm
-	$(PYTHON) -m pytest -m "not slow and not vllm"
+	$(PYTHON) -m pytest -n auto --dist loadfile -m "not slow and not vllm"
 	$(VENV_VLLM)/bin/python -m pytest -m "vllm and not slow"
 
 # vLLM pins transformers < 5.20, so it gets its own virtualenv that sees the main install (--system-site-packages).

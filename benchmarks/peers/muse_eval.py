@@ -10,8 +10,10 @@ Its code runs unchanged: ``metrics/verbmem.py``, ``metrics/knowmem.py`` and ``me
 (imported from the checkout as the package ``metrics``), with each model and tokenizer loaded as its
 ``utils.load_model`` and ``load_tokenizer`` load them (``from_pretrained``; float32 on CPU). The items are the miniature's (read by unlearn-audit's data loader: MUSE's loader reads
 its own JSON files): VerbMem's prompts and references, KnowMem's questions, answers and in-context examples,
-PrivLeak's forget and holdout texts (the holdout texts also fill the retain slot its ``eval`` requires; only the
-forget/holdout AUC is kept). ``tests/test_peer_parity.py`` compares the tool with the file.
+PrivLeak's forget and holdout texts. ``metrics/privleak.py``'s ``eval`` fails at this commit (it calls ``.keys()``
+on the list ``eval_data`` returns), so its two steps are called directly: ``eval_data`` on each split (the per-text
+Min-K%) and ``sweep`` on forget (0) against holdout (1), as ``eval`` pairs them, for the AUC.
+``tests/test_peer_parity.py`` compares the tool with the file.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     sys.path.insert(0, str(checkout))
+    import numpy as np
     import torch
     from metrics.knowmem import eval as eval_knowmem
-    from metrics.privleak import eval as eval_privleak
+    from metrics.privleak import eval_data, sweep
     from metrics.verbmem import eval as eval_verbmem
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,15 +64,16 @@ def main() -> None:
             for metric, qa in (("knowmem_f", data.knowmem_forget), ("knowmem_r", data.knowmem_retain)):
                 _, log = eval_knowmem(model, tokenizer, qa.questions, qa.answers, qa.icl_questions, qa.icl_answers, 32)
                 kept[metric] = [{"rougeL": d["rougeL"], "response": d["response"]} for d in log]
-            auc, log = eval_privleak(data.privleak_forget, data.privleak_holdout, data.privleak_holdout, model,
-                                     tokenizer)
-        kept["privleak"] = {"auc_forget_holdout_min40": auc["forget_holdout_Min-40%"],
-                            "forget": [d["Min-40%"] for d in log["forget"]],
-                            "holdout": [d["Min-40%"] for d in log["holdout"]]}
+            forget, holdout = (eval_data(texts, model, tokenizer) for texts in (data.privleak_forget,
+                                                                               data.privleak_holdout))
+        scores = [d["Min-40%"] for d in forget + holdout]
+        _, _, auc, _ = sweep(np.array(scores), np.array([0] * len(forget) + [1] * len(holdout)))
+        kept["privleak"] = {"auc_forget_holdout_min40": float(auc), "forget": [d["Min-40%"] for d in forget],
+                            "holdout": [d["Min-40%"] for d in holdout]}
         result["models"][f"miniature/{name}"] = kept
         print(f"{name}: VerbMem {100 * sum(d['rougeL'] for d in kept['verbmem_f']) / len(verbmem):.1f}, "
               f"KnowMem {100 * sum(d['rougeL'] for d in kept['knowmem_f']) / len(kept['knowmem_f']):.1f}, "
-              f"AUC {auc['forget_holdout_Min-40%']:.3f}", flush=True)
+              f"AUC {auc:.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
