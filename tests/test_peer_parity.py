@@ -17,10 +17,9 @@ as the tool's analysis computes them: ROUGE equal, the others within 1e-4 (relat
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import version
 from pathlib import Path
-
-import json
 
 import numpy as np
 import pytest
@@ -165,8 +164,7 @@ def test_tofu_items_equal_open_unlearnings(name, tofu_runs):
 def test_tofu_figures_equal_open_unlearnings(name, tofu_runs):
     """Forget probability, ROUGE and truth ratio, model utility and forget quality (against the retained model)
     through the tool's analysis."""
-    from unlearn_audit.analysis import Reference, analyse
-    from unlearn_audit.analysis import FULL
+    from unlearn_audit.analysis import FULL, Reference, analyse
 
     theirs, ours = tofu_runs
     outputs = {"original": {FULL: ours["tofu-original"]}, "unlearned": {FULL: ours[name]},

@@ -19,11 +19,10 @@ Min-K%) and ``sweep`` on forget (0) against holdout (1), as ``eval`` pairs them,
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
+
+import fixture
 
 MODELS = ("original", "fragile", "robust", "retrain", "ga_gdr-lr1e-04-fp32", "npo_gdr-lr1e-04-fp32")
 
@@ -50,10 +49,7 @@ def main() -> None:
     world = build_miniature()
     folder = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
     data = load_forget_data(folder, spec_for_dataset("miniature/news"))
-    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    result = {"peer": "swj0419/muse_bench", "commit": commit, "command": " ".join(["python", *sys.argv]),
-              "made": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world": world.info, "models": {}}
+    result = fixture.header("swj0419/muse_bench", checkout, world.info)
     for name in MODELS:
         path = resolve(f"miniature/{name}", cache_dir=world.hub_cache, offline=True).path
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -74,11 +70,7 @@ def main() -> None:
         print(f"{name}: VerbMem {100 * sum(d['rougeL'] for d in kept['verbmem_f']) / len(verbmem):.1f}, "
               f"KnowMem {100 * sum(d['rougeL'] for d in kept['knowmem_f']) / len(kept['knowmem_f']):.1f}, "
               f"AUC {auc:.3f}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    partial.replace(args.out)
-    print(f"wrote {args.out}")
+    fixture.write(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
+
+import fixture
 
 MODELS = ("tofu-retain90", "tofu-original", "tofu-fragile", "tofu-robust")
 METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality", "model_utility")
@@ -71,12 +71,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from model import get_model
 
-    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    result = {"peer": "locuslab/open-unlearning", "commit": commit, "command": " ".join(["python", *sys.argv]),
-              "made": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world": world.info,
-              "libraries": {m: __import__(m).__version__ for m in ("torch", "transformers", "datasets", "hydra")},
-              "models": {}}
+    result = fixture.header("locuslab/open-unlearning", checkout, world.info)
+    result["libraries"] = {m: __import__(m).__version__ for m in ("torch", "transformers", "datasets", "hydra")}
     retain_logs = None
     for name in MODELS:
         path = _snapshot(world.hub_cache, name)
@@ -109,11 +105,7 @@ def main() -> None:
         result["models"][f"miniature/{name}"] = kept
         print(f"{name}: " + ", ".join(f"{m} {v['agg_value']:.4f}" for m, v in kept.items()
                                       if isinstance(v["agg_value"], float)), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    partial.replace(args.out)
-    print(f"wrote {args.out}")
+    fixture.write(args.out, result)
 
 
 if __name__ == "__main__":
