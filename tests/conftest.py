@@ -75,9 +75,19 @@ def pytest_sessionstart(session):
     from unlearn_audit.miniature.build import build_miniature
     from unlearn_audit.miniature.worlds import build_world
 
-    build_miniature()
-    for kind in ("tofu", "wmdp"):
-        build_world(kind)
+    import contextlib
+    import io
+    import sys
+
+    log = io.StringIO()  # the builds' progress bars (pytest captures none of sessionstart's output); shown on failure
+    try:
+        with contextlib.redirect_stderr(log):
+            build_miniature()
+            for kind in ("tofu", "wmdp"):
+                build_world(kind)
+    except BaseException:
+        sys.stderr.write(log.getvalue())
+        raise
 
 
 def pytest_collection_modifyitems(config, items):
