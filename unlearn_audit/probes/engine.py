@@ -263,11 +263,11 @@ class Engine:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, seq in enumerate(encoded):
             groups.setdefault(tuple(seq[:-1]), []).append(i)
-        fed = list(groups)
+        fed = [list(seq) for seq in groups]  # what the model sees of each group
         members = list(groups.values())
 
         def run(batch: list[int]) -> None:
-            ids, mask = self._pad([list(fed[g]) for g in batch], left=False)
+            ids, mask = self._pad([fed[g] for g in batch], left=False)
             ids, mask = ids.to(self.device), mask.to(self.device)
             head = self.scoring
             if head is not None and head.verified is None:
@@ -287,7 +287,7 @@ class Engine:
             if advance:
                 advance(sum(len(members[g]) for g in batch))
 
-        self._each_batch([list(seq) + [0] for seq in fed], run)
+        self._each_batch(fed, run)
         return result
 
 
