@@ -13,7 +13,7 @@ summed log-likelihood; accuracy (``acc``) is the share of right predictions.
 Special tokens follow the harness release named by ``--lm-eval`` (:data:`LM_EVAL`): ``0.4.13`` (default; every
 release since 0.4.9.2) encodes with the tokenizer's defaults, so a tokenizer that adds BOS starts every prompt with
 it (unless the text already starts with the BOS string); ``0.4.9.1`` (and before) encodes without special tokens,
-as published numbers made before October 2025 were scored. Long inputs and the context length: see
+as numbers scored by those releases were. Long inputs and the context length: see
 :meth:`unlearn_audit.probes.engine.Engine.continuation_logprobs` and :func:`~unlearn_audit.probes.engine.context_length`.
 """
 
