@@ -74,20 +74,9 @@ def _warm(work: Callable[[], T]) -> tuple[T, float]:
 def job_lm_eval(path: str, data: str, utility: str, batch_size: int) -> dict:
     import lm_eval
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from peers.lm_eval_tasks import task_manager
 
-    templates = Path(lm_eval.__file__).parent / "tasks"
-    folder = Path(tempfile.mkdtemp(prefix="lm-eval-tasks-"))
-    for task, template, parquet, subject in (
-            ("wmdp_mini", templates / "wmdp" / "_default_template_yaml", Path(data) / "wmdp-bio", "biology"),
-            ("mmlu_mini", templates / "mmlu" / "default" / "_default_template_yaml", Path(utility) / "stories",
-             "stories")):
-        file = next(parquet.glob("test-*.parquet"))
-        (folder / f"{task}.yaml").write_text(
-            f"include: {template}\ntask: {task}\ndataset_path: parquet\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {file}\n    dev: {file}\n"
-            f'description: "The following are multiple choice questions (with answers) about {subject}.\\n\\n"\n')
-    manager = TaskManager(include_path=str(folder))
+    manager = task_manager(Path(tempfile.mkdtemp(prefix="lm-eval-tasks-")), Path(data), Path(utility))
 
     def work() -> dict:
         return simple_evaluate(model="hf", model_args={"pretrained": path, "dtype": "float32"},

@@ -17,6 +17,7 @@ as the tool's analysis computes them: ROUGE equal, the others within 1e-4 (relat
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.metadata import version
 from pathlib import Path
@@ -41,30 +42,26 @@ def test_the_installed_harness_is_the_release_the_probe_follows():
     assert f"checked against {LM_EVAL_RELEASE}" in wmdp.LM_EVAL[LM_EVAL_RELEASE]
 
 
+def _lm_eval_tasks():
+    """``benchmarks/peers/lm_eval_tasks.py``, shared with ``bench_peers.py`` (the benchmarks are scripts, not a
+    package: loaded by path)."""
+    file = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "lm_eval_tasks.py"
+    spec = importlib.util.spec_from_file_location("peer_lm_eval_tasks", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def peer(wmdp_world, tmp_path_factory):
     """lm-evaluation-harness's task manager with its own templates pointed at the miniature's parquet files; and
     the same data as the tool reads it."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    templates = Path(lm_eval.__file__).parent / "tasks"
     data = resolve("miniature/wmdp", kind="dataset", cache_dir=wmdp_world.hub_cache).path
     utility = resolve("miniature/mmlu", kind="dataset", cache_dir=wmdp_world.hub_cache).path
-    folder = tmp_path_factory.mktemp("lm-eval-tasks")
-    # MMLU's template reads a ``dev`` split for few-shot examples even at zero shots; the miniature has none: its
-    # test file stands in (zero-shot: nothing of it reaches a prompt)
-    for task, template, parquet, subject in (
-            ("wmdp_mini", templates / "wmdp" / "_default_template_yaml", data / "wmdp-bio", "biology"),
-            ("mmlu_mini", templates / "mmlu" / "default" / "_default_template_yaml", utility / "stories", "stories")):
-        (folder / f"{task}.yaml").write_text(
-            f"include: {template}\ntask: {task}\ndataset_path: parquet\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {next(parquet.glob('test-*.parquet'))}\n"
-            f"    dev: {next(parquet.glob('test-*.parquet'))}\n"
-            f'description: "The following are multiple choice questions (with answers) about {subject}.\\n\\n"\n')
+    manager = _lm_eval_tasks().task_manager(tmp_path_factory.mktemp("lm-eval-tasks"), data, utility)
     spec = parse_spec({"benchmark": "wmdp", "dataset": "miniature/wmdp",
                        "mmlu": {"dataset": "miniature/mmlu", "configs": ["stories"]}}, "test")
-    return TaskManager(include_path=str(folder)), load_forget_data(data, spec, utility=utility)
+    return manager, load_forget_data(data, spec, utility=utility)
 
 
 def _lm_eval(manager, path: Path, bos: bool) -> dict[str, list[dict]]:
