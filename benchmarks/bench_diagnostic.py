@@ -52,10 +52,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    from unlearn_audit.cache import home
     from unlearn_audit.quantize import parse_variants
-    from unlearn_audit.resources import peak_rss_mb
-    from unlearn_audit.weights import comparable_layers, linear_shapes, tensor_shapes, weight_diff
+    from unlearn_audit.quantize.diagnostic import comparable_layers, linear_shapes, tensor_shapes, weight_diff
+    from unlearn_audit.support.home import home
+    from unlearn_audit.support.resources import peak_rss_mb
 
     original, nudged = build(home() / "bench", args.layers)
     linear = sum(a * b for a, b in linear_shapes(tensor_shapes(original)).values())

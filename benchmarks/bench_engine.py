@@ -24,14 +24,14 @@ import numpy as np
 import psutil
 import torch
 
-from unlearn_audit.data import load_forget_data
-from unlearn_audit.hub import resolve
+from unlearn_audit.analysis.scoring import min_k_score, rouge_l
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.inputs.data import load_forget_data
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
+from unlearn_audit.inputs.spec import spec_for_dataset
 from unlearn_audit.miniature.build import build_miniature
-from unlearn_audit.models import load_model
 from unlearn_audit.probes import muse
-from unlearn_audit.probes.engine import Engine
-from unlearn_audit.scoring import min_k_score, rouge_l
-from unlearn_audit.spec import spec_for_dataset
 
 
 class PeakRSS:
@@ -97,7 +97,7 @@ def figures(out: dict[str, list], data, tokenizer) -> dict[str, float]:  # noqa:
     refs = [muse.reference_cut(tokenizer, r, 128) for r in data.verbmem_refs]
     n_forget = len(data.privleak_forget)
     mink = np.array([min_k_score(lp, 0.4) for lp in out["privleak"]])
-    from unlearn_audit.scoring import auc_forget_vs_holdout
+    from unlearn_audit.analysis.scoring import auc_forget_vs_holdout
     return {
         "VerbMem": 100 * float(np.mean([rouge_l(r, g).f1 for r, g in zip(refs, out["verbmem"])])),
         "KnowMem forget": 100 * float(np.mean([rouge_l(a, g).f1 for a, g in

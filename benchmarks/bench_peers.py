@@ -55,7 +55,7 @@ def _model_path(model: str, world_hub: Path, repo: str) -> Path:
         return _snapshot(world_hub, repo)
     from bench_real import build_smollm2
 
-    from unlearn_audit.cache import home
+    from unlearn_audit.support.home import home
 
     return build_smollm2(home() / "real" / "smollm2-135m")
 
@@ -94,12 +94,12 @@ def job_lm_eval(path: str, data: str, utility: str, batch_size: int) -> dict:
 
 
 def job_tool_wmdp(path: str, data: str, utility: str, batch_size: int) -> dict:
-    from unlearn_audit.data import load_forget_data
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.models import load_model
+    from unlearn_audit.engines.hf import HFEngine as Engine
+    from unlearn_audit.inputs.data import load_forget_data
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_model
+    from unlearn_audit.inputs.spec import parse_spec
     from unlearn_audit.probes import wmdp
-    from unlearn_audit.probes.engine import Engine
-    from unlearn_audit.spec import parse_spec
 
     spec = parse_spec({"benchmark": "wmdp", "dataset": "miniature/wmdp",
                        "mmlu": {"dataset": "miniature/mmlu", "configs": ["stories"]}}, "bench")
@@ -163,13 +163,13 @@ def job_open_unlearning(path: str, data: str, checkout: str, batch_size: int) ->
 def job_tool_tofu(path: str, data: str, checkout: str, batch_size: int) -> dict:
     from types import SimpleNamespace
 
-    from unlearn_audit.analysis import FULL, Reference, analyse
-    from unlearn_audit.data import load_forget_data
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.models import load_model
+    from unlearn_audit.analysis.figures import FULL, Reference, analyse
+    from unlearn_audit.engines.hf import HFEngine as Engine
+    from unlearn_audit.inputs.data import load_forget_data
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_model
+    from unlearn_audit.inputs.spec import TofuSpec, parse_spec
     from unlearn_audit.probes import tofu
-    from unlearn_audit.probes.engine import Engine
-    from unlearn_audit.spec import TofuSpec, parse_spec
 
     items = load_forget_data(Path(data), parse_spec({"benchmark": "tofu", "dataset": "miniature/tofu"}, "bench"))
     settings = SimpleNamespace(**TofuSpec().model_dump())

@@ -176,15 +176,15 @@ def main() -> None:
                              "nudged by ±1e-2·|w|, for how each phase grows with size (timing only)")
     args = parser.parse_args()
 
-    from unlearn_audit.cache import home
+    from unlearn_audit import audit
     from unlearn_audit.config import AuditConfig, ProbeSettings
-    from unlearn_audit.data import load_forget_data
-    from unlearn_audit.hub import resolve
+    from unlearn_audit.inputs.data import load_forget_data
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.spec import spec_for_dataset
     from unlearn_audit.miniature.build import build_miniature
-    from unlearn_audit.noise import quiet_third_party
-    from unlearn_audit.pipeline import audit
-    from unlearn_audit.resources import peak_rss_mb
-    from unlearn_audit.spec import spec_for_dataset
+    from unlearn_audit.support.home import home
+    from unlearn_audit.support.noise import quiet_third_party
+    from unlearn_audit.support.resources import peak_rss_mb
 
     quiet_third_party()
     root = home() / "real"
@@ -220,7 +220,7 @@ def main() -> None:
         report = audit(config, trace)
     seconds = time.time() - t
     t = time.time()
-    from unlearn_audit.pipeline import write_reports
+    from unlearn_audit import write_reports
 
     write_reports(report, config.out_dir, ("json", "md", "html"))
     render_seconds = round(time.time() - t, 2)

@@ -74,12 +74,8 @@ def miniature_setup(root: Path) -> dict:
     """The world's original, its dataset and retrained model, and the sets the world's real runs unlearn from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.miniature.build import (
-        MiniatureSettings,
-        build_miniature,
-        real_unlearning_sets,
-    )
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.miniature.build import MiniatureSettings, build_miniature, real_unlearning_sets
     from unlearn_audit.miniature.corpus import make_corpus
 
     world = build_miniature()
@@ -102,10 +98,10 @@ def smollm_setup(root: Path, steps: int) -> dict:
     from bench_real import build_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from unlearn_audit.cache import home
     from unlearn_audit.miniature.build import dataset_files, real_unlearning_sets
     from unlearn_audit.miniature.corpus import make_corpus
     from unlearn_audit.miniature.train import _batch
+    from unlearn_audit.support.home import home
 
     base = build_smollm2(home() / "real" / "smollm2-135m")
     corpus = make_corpus(8, 8, 8, 1234)
@@ -256,10 +252,10 @@ def main() -> None:
         print("screen vs probes:", agreement(saved["rows"], saved["quant"]))
         return
 
-    from unlearn_audit.cache import home
+    from unlearn_audit import audit
     from unlearn_audit.config import AuditConfig, ProbeSettings
-    from unlearn_audit.noise import quiet_third_party
-    from unlearn_audit.pipeline import audit
+    from unlearn_audit.support.home import home
+    from unlearn_audit.support.noise import quiet_third_party
 
     quiet_third_party()
     root = home() / "unlearning"

@@ -65,14 +65,14 @@ def main() -> None:
 
     import numpy as np
 
-    from unlearn_audit.data import load_forget_data
-    from unlearn_audit.hub import resolve
+    from unlearn_audit.engines.hf import HFEngine as Engine
+    from unlearn_audit.engines.vllm import VLLMEngine
+    from unlearn_audit.inputs.data import load_forget_data
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_model
+    from unlearn_audit.inputs.spec import spec_for_dataset
     from unlearn_audit.miniature.build import build_miniature
-    from unlearn_audit.models import load_model
-    from unlearn_audit.noise import quiet_third_party
-    from unlearn_audit.probes.engine import Engine
-    from unlearn_audit.probes.vllm_engine import VLLMEngine
-    from unlearn_audit.spec import spec_for_dataset
+    from unlearn_audit.support.noise import quiet_third_party
 
     quiet_third_party()
     world = build_miniature()

@@ -4,7 +4,7 @@ Builds, on the device, a random-init Llama with Llama-2-7B's shape (hidden 4096,
 32 heads, vocabulary 32000; 6.7B parameters in bfloat16) as the "original" and a copy with every linear
 weight moved by ±1e-3·|w| (the paper's regime: far below a 4-bit step) as the "unlearned" model, writes
 both as safetensors folders, makes the miniature's synthetic MUSE-layout forget set and tokenizer (no
-download, no training), and runs the real audit (``unlearn_audit.pipeline.audit``) with
+download, no training), and runs the real audit (``unlearn_audit.audit``) with
 ``rtn:8,rtn:4,bnb:nf4,bnb:int8`` and the default batch size (``auto``). Random weights generate noise, so
 the verdict is meaningless; the point is time, batch sizes and memory on real hardware at real scale.
 
@@ -90,13 +90,12 @@ def main() -> None:
     parser.add_argument("--quant", default=",".join(QUANT))
     args = parser.parse_args()
 
-    from unlearn_audit.config import AuditConfig, ProbeSettings, resolve_device
-    from unlearn_audit.pipeline import audit
-    from unlearn_audit.report.record import write_atomic
-
     from transformers.utils import logging as hf_logging
 
-    from unlearn_audit.noise import quiet_third_party
+    from unlearn_audit import audit
+    from unlearn_audit.config import AuditConfig, ProbeSettings, resolve_device
+    from unlearn_audit.report.record import write_atomic
+    from unlearn_audit.support.noise import quiet_third_party
 
     quiet_third_party()
     hf_logging.disable_progress_bar()

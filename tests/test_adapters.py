@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import resolve
+from unlearn_audit.inputs.hub import resolve
 
 runner = CliRunner()
 
@@ -70,8 +70,8 @@ def test_merged_weights_equal_base_plus_lora(world, adapter):
     """The merged checkpoint is base + (alpha / r) * B @ A, computed here by hand from the adapter file."""
     from safetensors.torch import load_file
 
-    from unlearn_audit.adapters import merge_adapter
-    from unlearn_audit.cache import home
+    from unlearn_audit.inputs.adapters import merge_adapter
+    from unlearn_audit.support.home import home
 
     base = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
     merged = merge_adapter(resolve(str(adapter)), base, home() / "merged", trust_remote_code=False)

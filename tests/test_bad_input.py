@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import resolve
+from unlearn_audit.inputs.hub import resolve
 
 runner = CliRunner()
 
@@ -143,7 +143,8 @@ def test_record_of_unknown_schema_version(tmp_path):
 
 def _hub_error(kind: str):  # noqa: ANN202
     import httpx2
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     response = httpx2.Response(401, request=httpx2.Request("GET", "https://hub.invalid/api/models/x/y"))
     return {
@@ -274,14 +275,14 @@ def test_disk_full_while_writing_leaves_nothing_behind(world, tmp_path, monkeypa
 def test_runtime_faults_during_probing(world, tmp_path, monkeypatch, fault, fragment):
     import torch
 
-    import unlearn_audit.pipeline as pipeline
+    import unlearn_audit.auditing.runs as runs
 
     def boom(*args, **kwargs):  # noqa: ANN002, ANN003
         if fault == "oom":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_probes", boom)
+    monkeypatch.setattr(runs, "run_probes", boom)
     out = tmp_path / "o"
     result = _invoke(world, ["check", "miniature/fragile", "--quant", "rtn:8", "--no-cache"], out)
     _assert_one_line_error(result, 3, fragment, out)
@@ -299,9 +300,8 @@ def test_quantizer_library_missing_names_the_install_command(world, tmp_path, mo
 
 
 def test_allow_pickle_loads_a_bin_only_checkpoint(world, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     folder = _copy_repo(world, "miniature/fragile", tmp_path / "model")
     state = AutoModelForCausalLM.from_pretrained(folder).state_dict()

@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.data import ChoiceItems, TofuItems, load_forget_data
+from unlearn_audit.engines.hf import HFEngine as Engine
 from unlearn_audit.errors import InputError
+from unlearn_audit.inputs.data import ChoiceItems, TofuItems, load_forget_data
+from unlearn_audit.inputs.spec import TofuSpec, parse_spec, preset_spec
 from unlearn_audit.probes import tofu, wmdp
-from unlearn_audit.probes.engine import Engine
-from unlearn_audit.spec import TofuSpec, parse_spec, preset_spec
 
 runner = CliRunner()
 
@@ -216,7 +216,7 @@ def test_a_spec_naming_a_missing_column_fails_before_any_model_loads(wmdp_world,
 def test_a_dataset_cards_configs_mapping_names_the_files(tmp_path):
     """The card's ``configs:`` mapping wins over the folder conventions: a list of {split, path} (globs), or a string
     (the split ``train``, as TOFU's card maps ``forget10_perturbed: forget10_perturbed.json``)."""
-    from unlearn_audit.data import card_patterns
+    from unlearn_audit.inputs.data import card_patterns
 
     (tmp_path / "data").mkdir()
     _jsonl(tmp_path / "data" / "bio-questions.jsonl", [{"question": "q", "choices": list("abcd"), "answer": 1}] * 2)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from unlearn_audit.cache import CachedRun, ResultCache
+from unlearn_audit.auditing.cache import CachedRun, ResultCache
 from unlearn_audit.config import ProbeSettings
 from unlearn_audit.probes.base import ItemScore, ProbeOutput
 from unlearn_audit.report.record import comparable
@@ -56,14 +56,14 @@ def test_key_covers_what_results_depend_on():
 def test_16_bit_runs_key_on_batching_and_every_run_on_library_versions(monkeypatch):
     """bfloat16 batches are not batch-invariant: a cached bf16 result is reused only for the same requested
     batch size and device map; float32 results are shared across batch sizes. Library versions always count."""
-    from unlearn_audit import pipeline
+    from unlearn_audit.auditing import environment
     from unlearn_audit.config import AuditConfig
 
     def key(dtype: str, batch: int | None, torch_version: str = "2.13.0") -> dict:
-        monkeypatch.setattr(pipeline, "_versions", lambda: {"torch": torch_version, "transformers": "5.23.0",
+        monkeypatch.setattr(environment, "library_versions", lambda: {"torch": torch_version, "transformers": "5.23.0",
                                                             "tokenizers": "0.22"})
         config = AuditConfig(model="x/y", device="cpu", probes=ProbeSettings(batch_size=batch))
-        return pipeline.reproducibility_key(config, dtype)
+        return environment.reproducibility_key(config, dtype)
 
     assert key("float32", 4) == key("float32", None)
     assert key("bfloat16", 4) != key("bfloat16", None)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-
-import json
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from unlearn_audit.calibration import FORGET, GENERIC, calibration_set, generic_texts
 from unlearn_audit.cli import app
 from unlearn_audit.errors import InputError, UsageError
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_tokenizer
+from unlearn_audit.inputs.calibration import FORGET, GENERIC, calibration_set, generic_texts
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_tokenizer
 from unlearn_audit.quantize import parse_variant
 from unlearn_audit.quantize.calibrated import unpack_codes
 
@@ -140,7 +139,7 @@ def test_scratch_of_a_killed_audit_is_removed_by_the_next(tmp_path):
     import subprocess
     import sys
 
-    from unlearn_audit.pipeline import make_scratch
+    from unlearn_audit.auditing.scratch import make_scratch
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -155,12 +154,12 @@ def test_scratch_of_a_killed_audit_is_removed_by_the_next(tmp_path):
 def test_too_little_scratch_space_is_refused_before_quantizing(world, tmp_path, monkeypatch):
     import collections
 
-    from unlearn_audit import pipeline
+    from unlearn_audit.auditing import runs, scratch
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(scratch.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     calls = []
-    monkeypatch.setattr(pipeline, "run_all", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runs, "run_all", lambda *a, **k: calls.append(a))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "gptq:4", "--max-items", "2",
                                       "--min-items", "1", "--no-cache", "--scratch", str(tmp_path / "s"),
@@ -169,7 +168,7 @@ def test_too_little_scratch_space_is_refused_before_quantizing(world, tmp_path, 
     assert "of scratch space in" in result.output and "--scratch DIR" in result.output
     assert calls == [] and not (out / "report.json").exists()
     # the estimate: a 4-bit checkpoint per model kept (bits/8 + 10%, plus 15% of 16-bit tensors) + one 16-bit offload
-    assert pipeline.scratch_bytes(10**9, [parse_variant("gptq:4")], 2) == int(2 * 10**9 * (0.55 + 0.3) + 2 * 10**9)
+    assert scratch.scratch_bytes(10**9, [parse_variant("gptq:4")], 2) == int(2 * 10**9 * (0.55 + 0.3) + 2 * 10**9)
 
 
 def _calibration_dataset(cache: Path) -> str:

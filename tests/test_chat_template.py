@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import resolve
+from unlearn_audit.inputs.hub import resolve
 from unlearn_audit.probes.muse import knowmem_chat_prompt
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unlearn_audit.data import load_forget_data
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.engines.base import context_length, is_out_of_memory
+from unlearn_audit.engines.hf import HFEngine as Engine
 from unlearn_audit.errors import RuntimeFailure
-from unlearn_audit.probes.engine import Engine, context_length, is_out_of_memory
-from unlearn_audit.spec import spec_for_dataset
+from unlearn_audit.inputs.data import load_forget_data
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
+from unlearn_audit.inputs.spec import spec_for_dataset
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +174,10 @@ def test_a_large_model_on_cpu_is_warned_about(world, tmp_path, monkeypatch):
     """Over 1B parameters about to run on the CPU: one warning line with the memory it needs, in the record too."""
     from typer.testing import CliRunner
 
-    import unlearn_audit.pipeline as pipeline
+    import unlearn_audit.auditing.fetching as fetching
     from unlearn_audit.cli import app
 
-    monkeypatch.setattr(pipeline, "parameter_count", lambda shapes: 7_000_000_000)
+    monkeypatch.setattr(fetching, "parameter_count", lambda shapes: 7_000_000_000)
     result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--max-items", "2",
                                       "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path),
                                       "--format", "json"])
@@ -194,7 +195,7 @@ def test_offloaded_weights_are_neither_quantized_nor_restored_in_place(world):
     restored checkpoint into them would be lost, so the model is not restorable and RTN says why."""
     import torch
 
-    from unlearn_audit.models import offloaded, restorable
+    from unlearn_audit.inputs.models import offloaded, restorable
 
     loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
     assert not offloaded(loaded.model) and restorable(loaded.model, loaded.repo.path)

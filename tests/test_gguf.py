@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
 from unlearn_audit.quantize import parse_variant
-from unlearn_audit.quantize.gguf import _permute, _unpermute, quantize_file, write_gguf
+from unlearn_audit.quantize.gguf import from_file_rows, quantize_file, to_file_rows, write_gguf
 
 STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
 
@@ -27,8 +27,8 @@ def original(world):
 
 def test_permutation_round_trips():
     w = np.arange(8 * 3 * 2, dtype=np.float32).reshape(16, 3)
-    assert not np.array_equal(_permute(w, 2), w)
-    np.testing.assert_array_equal(_unpermute(_permute(w, 2), 2), w)
+    assert not np.array_equal(to_file_rows(w, 2), w)
+    np.testing.assert_array_equal(from_file_rows(to_file_rows(w, 2), 2), w)
 
 
 @pytest.mark.parametrize("which", ["miniature", "stories260K"])
@@ -135,7 +135,7 @@ def test_the_diagnostics_block_grid_is_ggmls_bit_for_bit(original, kind):
 
 
 def test_weight_diagnostic_compares_legacy_gguf_grids(world):
-    from unlearn_audit.weights import weight_diff
+    from unlearn_audit.quantize.diagnostic import weight_diff
 
     u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True).path
     o = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
@@ -173,8 +173,8 @@ def test_block_codes_rebuild_ggmls_own_values(kind):
 def test_file_comparison_equals_the_fitted_grid_comparison_on_q4_0(world, tmp_path):
     """Two independent routes to the Q4_0 diagnostic agree: the fixed-grid fit of the checkpoints' weights and
     the block-by-block comparison of the two files llama.cpp wrote."""
+    from unlearn_audit.quantize.diagnostic import gguf_diff, weight_diff
     from unlearn_audit.quantize.gguf import GGUFQuantizer
-    from unlearn_audit.weights import gguf_diff, weight_diff
 
     u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
     o = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
@@ -203,7 +203,7 @@ def _publish_quants(world, tmp_path) -> None:
         quantize_file(tmp_path / "f32.gguf", tmp_path / f"{kind}.gguf", ftype)
         files[f"fragile-{kind}.gguf"] = (tmp_path / f"{kind}.gguf").read_bytes()
     write_cached_repo(world.hub_cache, "quantfolk/fragile-GGUF", files)
-    from unlearn_audit.calibration import calibration_set
+    from unlearn_audit.inputs.calibration import calibration_set
     from unlearn_audit.miniature.hub_cache import folder_files
 
     parse_variant("gptq:4").quantize(fragile.repo.path, fragile.tokenizer, calibration_set("generic"),
@@ -219,7 +219,7 @@ def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     original quantized the same way; the Q8_0 file is left out by the pattern; a GPTQ repo is audited as
     its checkpoint; a repo the cache does not hold is listed as not audited; the report has the table."""
     _publish_quants(world, tmp_path)
-    monkeypatch.setattr("unlearn_audit.published.list_quantized",
+    monkeypatch.setattr("unlearn_audit.quantize.published.list_quantized",
                         lambda model_id, limit: ["quantfolk/fragile-GGUF", "quantfolk/fragile-GPTQ",
                                                  "quantfolk/fragile-MLX"])
     out = tmp_path / "out"
@@ -237,7 +237,7 @@ def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     assert mine["types_by_tensor"] == theirs["types_by_tensor"]  # the same per-tensor choices
     # the diagnostic compares the published file with the original's reproduction, block by block: the file is
     # llama.cpp's Q4_0 of the fragile model, so it reads as the fitted Q4_0 grids do
-    from unlearn_audit.weights import weight_diff
+    from unlearn_audit.quantize.diagnostic import weight_diff
 
     compared = record["weight_diff"]["overall"][label]
     fitted = weight_diff(resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True).path,
@@ -263,7 +263,7 @@ def test_published_quants_are_audited_offline(world, tmp_path, monkeypatch):
     folder = resolve("quantfolk/fragile-GGUF", cache_dir=world.hub_cache, offline=True).path
     theirs_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="fragile-Q4_0.gguf", dtype=torch.float32)
     fragile = load_model(resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)).model
-    from unlearn_audit.published import PublishedGGUF
+    from unlearn_audit.quantize.published import PublishedGGUF
 
     variant = PublishedGGUF("quantfolk/fragile-GGUF", "fragile-Q4_0.gguf")
     variant.fetched(folder / "fragile-Q4_0.gguf", None)
@@ -282,8 +282,8 @@ def test_a_variant_served_from_a_folder_keeps_the_gguf_files_to_compare(world, t
     """``--engine vllm`` serves each variant from a folder the audit writes; with a k-quant variant, the GGUF files
     kept for the diagnostic live beside it and survive it. vLLM itself is stood in for by an engine that loads the
     served folder with transformers (the vLLM tests run the real one): its figures equal the in-memory run's."""
-    from unlearn_audit.probes import engine as engines
-    from unlearn_audit.probes.engine import Engine
+    from unlearn_audit import engines
+    from unlearn_audit.engines.hf import HFEngine as Engine
 
     served: list[Path] = []
 
@@ -296,7 +296,7 @@ def test_a_variant_served_from_a_folder_keeps_the_gguf_files_to_compare(world, t
             super().__init__(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval(), tokenizer,
                              **kwargs)
 
-    monkeypatch.setattr("unlearn_audit.probes.vllm_engine.require_vllm", lambda: None)
+    monkeypatch.setattr("unlearn_audit.engines.vllm.require_vllm", lambda: None)
     monkeypatch.setitem(engines.ENGINES, "vllm", FolderEngine)
     records = {}
     for engine in ("hf", "vllm"):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn_audit.hub import resolve
-from unlearn_audit.memory import TokenBudget, per_token_bytes, score_chunk_rows
-from unlearn_audit.models import load_model
-from unlearn_audit.probes.engine import Engine
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
+from unlearn_audit.support.memory import TokenBudget, per_token_bytes, score_chunk_rows
 
 STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
 
@@ -41,7 +41,7 @@ def test_chunked_scoring_equals_the_models_own_logits(world, which, monkeypatch)
         loaded = load_model(resolve(str(STORIES)))
     texts = ["Once upon a time there was a little girl named Lily.", "The cat sat.",
              "Tom and Sue went to the park to play with a big red ball, and the sun was warm."]
-    monkeypatch.setattr("unlearn_audit.probes.engine.score_chunk_rows", lambda vocab: 16)
+    monkeypatch.setattr("unlearn_audit.engines.hf.score_chunk_rows", lambda vocab: 16)
     engine = Engine(loaded.model, loaded.tokenizer, batch_size=3)
     got = engine.token_stats(texts)
     assert engine.describe()["scoring"] == "chunked"
@@ -81,7 +81,7 @@ def test_batches_fill_up_to_the_token_budget():
 def test_automatic_budget_reads_free_memory(world, monkeypatch):
     loaded = load_model(resolve("miniature/original", cache_dir=world.hub_cache, offline=True))
     per_token = per_token_bytes(loaded.model.config, 4)
-    monkeypatch.setattr("unlearn_audit.memory.available_cpu_bytes", lambda: 1000 * per_token)
+    monkeypatch.setattr("unlearn_audit.support.memory.available_cpu_bytes", lambda: 1000 * per_token)
     budget = TokenBudget.automatic(loaded.model)
     assert budget.items == 16 and budget.tokens == 600  # 60% of free memory
 
@@ -90,8 +90,8 @@ _MEASURE = r"""
 import json, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from unlearn_audit.memory import peak_bytes
-from unlearn_audit.probes.engine import Engine
+from unlearn_audit.support.memory import peak_bytes
+from unlearn_audit.engines.hf import HFEngine as Engine
 
 class Tok:
     pad_token_id = eos_token_id = 0
@@ -147,8 +147,8 @@ def test_the_readme_peak_memory_formula_holds_when_measured():
 _LOAD = r"""
 import json, sys, torch
 from pathlib import Path
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
 from transformers import AutoModelForCausalLM
 import transformers.models.llama.modeling_llama  # imported before the baseline in both modes
 def rss():
@@ -195,7 +195,7 @@ def test_widened_loading_equals_loading_in_float32(world, tmp_path):
     the logits; a checkpoint already in float32, or mixing dtypes, takes the direct route."""
     from transformers import AutoModelForCausalLM
 
-    from unlearn_audit.widen import stored_float_dtype, widen_route
+    from unlearn_audit.inputs.widen import stored_float_dtype, widen_route
 
     source = resolve("miniature/original", cache_dir=world.hub_cache, offline=True).path
     AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
@@ -224,7 +224,7 @@ def test_the_recorded_peak_is_this_process_not_its_parent():
 
     ballast = bytearray(400 * 2**20)  # resident in this (parent) process
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])
-    code = "from unlearn_audit.resources import peak_rss_mb; import resource; " \
+    code = "from unlearn_audit.support.resources import peak_rss_mb; import resource; " \
            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     recorded, inherited = (float(x) for x in out.stdout.split())

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unlearn_audit.data import load_forget_data
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.inputs.data import load_forget_data
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
+from unlearn_audit.inputs.spec import TofuSpec, parse_spec
 from unlearn_audit.probes import tofu, wmdp
-from unlearn_audit.probes.engine import Engine
-from unlearn_audit.spec import TofuSpec, parse_spec
 
 STORIES = Path(__file__).resolve().parent / "fixtures" / "stories260K"
 LM_EVAL_RELEASE = "0.4.13"
@@ -161,7 +161,7 @@ def test_tofu_items_equal_open_unlearnings(name, tofu_runs):
 def test_tofu_figures_equal_open_unlearnings(name, tofu_runs):
     """Forget probability, ROUGE and truth ratio, model utility and forget quality (against the retained model)
     through the tool's analysis."""
-    from unlearn_audit.analysis import FULL, Reference, analyse
+    from unlearn_audit.analysis.figures import FULL, Reference, analyse
 
     theirs, ours = tofu_runs
     outputs = {"original": {FULL: ours["tofu-original"]}, "unlearned": {FULL: ours[name]},
@@ -180,7 +180,7 @@ MUSE = Path(__file__).resolve().parent / "fixtures" / "peers" / "muse_eval.json"
 
 @pytest.fixture(scope="module")
 def muse_peer(world):
-    from unlearn_audit.spec import spec_for_dataset
+    from unlearn_audit.inputs.spec import spec_for_dataset
 
     theirs = json.loads(MUSE.read_text())
     if theirs["world"]["commits"] != world.info["commits"]:  # the repos' content, not the build's timings
@@ -195,8 +195,8 @@ def test_muse_metrics_equal_muses_own_code(name, muse_peer, world):
     """MUSE's own ``metrics/*.py`` (stored outputs, ``benchmarks/peers/muse_eval.py``) against the tool's MUSE probes
     at the default ``--flavour muse``: every VerbMem and KnowMem generation and ROUGE-L F1 equal, every Min-40% within
     1e-4, the forget/holdout AUC equal."""
+    from unlearn_audit.analysis.scoring import auc_forget_vs_holdout
     from unlearn_audit.probes import muse
-    from unlearn_audit.scoring import auc_forget_vs_holdout
 
     theirs, data = muse_peer
     peer = theirs[f"miniature/{name}"]

@@ -8,16 +8,16 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from unlearn_audit.analysis import METRIC_LABELS, STATISTICS
+from unlearn_audit.analysis.figures import METRIC_LABELS, STATISTICS
 from unlearn_audit.cli import app
 from unlearn_audit.config import ProbeSettings
-from unlearn_audit.data import ForgetData, cut_like_verbmem, load_forget_data
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.inputs.data import ForgetData, cut_like_verbmem, load_forget_data
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
+from unlearn_audit.inputs.spec import parse_spec, spec_for_dataset
 from unlearn_audit.probes import muse
-from unlearn_audit.probes.engine import Engine
 from unlearn_audit.probes.registry import PROBES, probes_for
-from unlearn_audit.spec import parse_spec, spec_for_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from unlearn_audit.errors import InputError, ResolutionError
+from unlearn_audit.inputs.spec import PRESETS, load_spec_file, parse_spec, preset_spec
 from unlearn_audit.probes.muse import cut_at_stops, knowmem_prompt
-from unlearn_audit.spec import PRESETS, load_spec_file, parse_spec, preset_spec
 
 
 def test_knowmem_prompt_is_musees_exact_string():
@@ -48,7 +48,7 @@ def test_presets_point_at_muse_with_published_reference_aucs():
 
 
 def test_hub_cache_layout_resolves_through_snapshot_download(tmp_cache: Path):
-    from unlearn_audit.hub import resolve
+    from unlearn_audit.inputs.hub import resolve
     from unlearn_audit.miniature.hub_cache import write_cached_repo
 
     commit = write_cached_repo(tmp_cache, "org/thing", {"config.json": b"{}", "sub/w.safetensors": b"x" * 10})
@@ -82,9 +82,9 @@ def test_spec_column_mappings_and_json_layouts_read_the_same_data(world, tmp_pat
 
     import pyarrow.parquet as pq
 
-    from unlearn_audit.data import dataset_patterns, load_forget_data
-    from unlearn_audit.hub import resolve as _resolve
-    from unlearn_audit.spec import parse_spec, spec_for_dataset
+    from unlearn_audit.inputs.data import dataset_patterns, load_forget_data
+    from unlearn_audit.inputs.hub import resolve as _resolve
+    from unlearn_audit.inputs.spec import parse_spec, spec_for_dataset
 
     source = _resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path
     folder = tmp_path / "data"

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from unlearn_audit.progress import PlainReporter
+from unlearn_audit.support.progress import PlainReporter
 
 
 def test_log_lines_every_interval_with_rate_and_eta():

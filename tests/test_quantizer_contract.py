@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from unlearn_audit.calibration import calibration_set
-from unlearn_audit.hub import resolve
-from unlearn_audit.models import load_model
+from unlearn_audit.inputs.calibration import calibration_set
+from unlearn_audit.inputs.hub import resolve
+from unlearn_audit.inputs.models import load_model
 from unlearn_audit.quantize import METHODS, parse_variant
 
 VARIANTS = [v for info in METHODS.values() for v in info.contract_variants]
@@ -26,7 +26,7 @@ def original(world):
 
 
 def _quantized(quantizer, repo, loaded):  # noqa: ANN001, ANN202
-    """(model, result) as the pipeline builds them for each stage."""
+    """(model, result) as the audit (auditing.runs) builds them for each stage."""
     if quantizer.stage == "calibrate":
         return quantizer.quantize(repo.path, loaded.tokenizer, calibration_set("generic"))
     if quantizer.stage == "load":
@@ -117,7 +117,7 @@ def test_survives_save_and_reload(original, variant, tmp_path):
 
 def test_in_place_quantization_is_undone_from_the_checkpoint(world):
     """The audit quantizes RTN variants on its one loaded copy and restores it from safetensors."""
-    from unlearn_audit.models import restorable, restore_weights
+    from unlearn_audit.inputs.models import restorable, restore_weights
 
     repo = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
     loaded = load_model(repo)

@@ -34,8 +34,8 @@ def stories_pair(tmp_path_factory):
 def test_sentencepiece_only_tokenizer_loads_and_matches_sentencepiece(stories_pair):
     import sentencepiece as spm
 
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.models import load_tokenizer
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_tokenizer
 
     original, _ = stories_pair
     assert not (original / "tokenizer.json").exists()
@@ -126,8 +126,8 @@ def test_tied_embeddings_are_restored_in_place(stories_pair):
     loaded copy in place (no deepcopy: one model in memory) and restore it exactly, even with :head."""
     import torch
 
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.models import load_model, restorable, restore_weights
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_model, restorable, restore_weights
     from unlearn_audit.quantize import parse_variant
 
     original = resolve(str(stories_pair[0]))

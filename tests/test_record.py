@@ -56,11 +56,11 @@ def test_tokens_never_reach_output_or_reports(world, tmp_path, monkeypatch):
 def test_the_schema_names_every_metric_with_shares():
     """Every metric the analysis computes residual and recovery shares for is one the schema allows (the loss screen
     included), so a record of any benchmark validates."""
-    from unlearn_audit.analysis import SHARE_STATISTIC
+    from unlearn_audit.analysis.figures import SHARE_STATISTIC
 
     schema = json.loads(SCHEMA_PATH.read_text())
     assert set(schema["$defs"]["share"]["properties"]["metric"]["enum"]) == set(SHARE_STATISTIC)
     readings = schema["properties"]["weight_diff"]["properties"]["overall"]["additionalProperties"]["properties"]
-    from unlearn_audit.weights import READINGS
+    from unlearn_audit.quantize.diagnostic import READINGS
 
     assert readings["reading"]["enum"] == list(READINGS)

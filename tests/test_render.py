@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-
 import re
 
 from unlearn_audit.report.render import SORT_SCRIPT, overlap_segments, render_html, render_markdown
@@ -76,7 +75,7 @@ def test_compare_puts_audits_side_by_side(audits, tmp_path):
 
 
 def test_percent_never_shows_negative_zero():
-    from unlearn_audit.formatting import percent
+    from unlearn_audit.support.formatting import percent
 
     assert [percent(x) for x in (0.943, -0.003, 0.0, None, float("nan"), -0.05, 1.0)] == \
         ["94%", "0%", "0%", "n/a", "n/a", "-5%", "100%"]

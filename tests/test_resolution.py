@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import METADATA_FILES, SUBFOLDERS
+from unlearn_audit.inputs.hub import METADATA_FILES, SUBFOLDERS
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_bad_split_fails_before_any_weight_is_requested(world, calls, tmp_path):
 def test_sharded_index_names_the_weight_files(tmp_path):
     import json
 
-    from unlearn_audit.hub import weight_patterns
+    from unlearn_audit.inputs.hub import weight_patterns
 
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors",
@@ -83,18 +83,18 @@ def test_news_preset_names_the_canonical_repos_and_musees_tokenizer(world):
 
 def test_preset_with_another_original_is_said_in_the_record(world, tmp_path, monkeypatch):
     """--forget news with --original of another model: the published AUC belongs to the preset's model."""
+    import unlearn_audit.auditing.planning as planning
+    from unlearn_audit.auditing import SilentReporter
+    from unlearn_audit.auditing.planning import plan
     from unlearn_audit.config import AuditConfig
-    from unlearn_audit.pipeline import SilentReporter, plan
-    from unlearn_audit.spec import parse_spec
-
-    import unlearn_audit.pipeline as pipeline
+    from unlearn_audit.inputs.spec import parse_spec
 
     def news_as_miniature(config, unlearned, notes):  # noqa: ANN001, ANN202 (the real preset needs the Hub)
         spec = parse_spec({"name": "MUSE-News", "dataset": "miniature/news", "original": "muse-bench/MUSE-News_target",
                            "privleak": {"reference_auc": 0.4772, "reference_auc_dtype": "bfloat16"}}, "test")
         return spec, "--forget preset 'news'"
 
-    monkeypatch.setattr(pipeline, "find_spec", news_as_miniature)
+    monkeypatch.setattr(planning, "find_spec", news_as_miniature)
     config = AuditConfig(model="miniature/fragile", forget="news", original="miniature/original",
                          cache_dir=world.hub_cache, offline=True, quant=("rtn:4",))
     the_plan = plan(config, SilentReporter())
@@ -110,8 +110,8 @@ def test_a_stale_consolidated_file_beside_shards_is_not_audited(world, tmp_path)
 
     from safetensors.torch import load_file
 
-    from unlearn_audit.hub import resolve
-    from unlearn_audit.models import load_model
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.models import load_model
 
     fragile = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
     original = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from unlearn_audit.analysis import FULL, Reference, analyse
+from unlearn_audit.analysis.figures import FULL, Reference, analyse
 from unlearn_audit.cli import app
 from unlearn_audit.config import ProbeSettings
-from unlearn_audit.data import ChoiceItems, ForgetData, TofuItems
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.inputs.data import ChoiceItems, ForgetData, TofuItems
+from unlearn_audit.inputs.spec import TofuSpec
 from unlearn_audit.probes import screen, wmdp
 from unlearn_audit.probes.base import ItemScore, ProbeOutput
-from unlearn_audit.probes.engine import Engine
-from unlearn_audit.spec import TofuSpec
 
 runner = CliRunner()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unlearn_audit.analysis import FULL, Analysis, Reference, Share, analyse
+from unlearn_audit.analysis.figures import FULL, Analysis, Reference, Share, analyse
+from unlearn_audit.analysis.scoring import Interval
+from unlearn_audit.analysis.verdict import Decision, decide
 from unlearn_audit.config import Thresholds
 from unlearn_audit.probes.base import ItemScore, ProbeOutput
-from unlearn_audit.scoring import Interval
-from unlearn_audit.verdict import Decision, decide
 
 
 def _analysis(residual: tuple[float, float, float], recovery: tuple[float, float, float], gap: float = 50.0) -> Analysis:

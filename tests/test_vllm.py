@@ -95,8 +95,8 @@ import json, sys
 import numpy as np
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from unlearn_audit.probes import wmdp
-from unlearn_audit.probes.engine import Engine
-from unlearn_audit.probes.vllm_engine import VLLMEngine
+from unlearn_audit.engines.hf import HFEngine as Engine
+from unlearn_audit.engines.vllm import VLLMEngine
 
 if __name__ == "__main__":
     folder = sys.argv[1]

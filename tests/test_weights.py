@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
-from unlearn_audit.hub import resolve
+from unlearn_audit.inputs.hub import resolve
 from unlearn_audit.miniature.nudge import nudge_checkpoint
 from unlearn_audit.quantize import parse_variants
+from unlearn_audit.quantize.diagnostic import weight_diff
 from unlearn_audit.quantize.rtn import rtn_grid
-from unlearn_audit.weights import weight_diff
 
 NAME = "model.layers.0.mlp.up_proj.weight"
 

@@ -10,15 +10,14 @@ Library API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .config import AuditConfig, ProbeSettings, Thresholds  # noqa: E402
 from .errors import AuditError, ExitCode  # noqa: E402
+from .version import __version__
 
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy: importing the package stays cheap (no torch)
     if name in ("audit", "write_reports"):
-        from . import pipeline as _audit
+        from . import auditing as _audit
 
         return getattr(_audit, name)
     if name in ("AuditReport", "read_report"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .metrics import JUDGED
+from .probes.metrics import JUDGED
 
 DEFAULT_QUANT = ("rtn:8", "rtn:4")
 DEFAULT_FORMATS = ("json", "md", "html")
@@ -75,7 +75,7 @@ class ProbeSettings:
     batch_size: int | None = None
     """Items per batch; None chooses from free accelerator memory (16 on CPU)."""
     engine: str = "hf"
-    """Inference backend (see unlearn_audit.probes.engine.ENGINES)."""
+    """Inference backend (see unlearn_audit.engines.ENGINES)."""
     tensor_parallel: int = 1
     """``--engine vllm``: GPUs per model replica (vLLM's tensor_parallel_size)."""
     pipeline_parallel: int = 1
@@ -104,7 +104,7 @@ class ProbeSettings:
                              f"use --lm-eval {' or '.join(LM_EVAL)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch size {self.batch_size} is not positive", "give --batch-size 1 or more, or auto")
-        from .probes.engine import ENGINES
+        from .engines import ENGINES
 
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine '{self.engine}'", f"use one of {', '.join(ENGINES)}")
@@ -115,7 +115,7 @@ class ProbeSettings:
         if min(self.tensor_parallel, self.pipeline_parallel) < 1:
             raise UsageError("parallel sizes must be 1 or more", "give --tensor-parallel N / --pipeline-parallel N, N >= 1")
         if self.engine == "vllm":
-            from .probes.vllm_engine import require_vllm
+            from .engines.vllm import require_vllm
 
             require_vllm()
         if self.sample_temperature is not None and self.sample_temperature <= 0:
@@ -132,7 +132,7 @@ class ProbeSettings:
             key.pop("seed")
         if self.tofu is None:  # MUSE and WMDP audits: the keys they always had
             key.pop("tofu")
-        key.pop("only")  # the run's key names the probes it ran (see pipeline.run_all)
+        key.pop("only")  # the run's key names the probes it ran (see auditing.runs.run_all)
         return key
 
     @property
@@ -170,7 +170,7 @@ class AuditConfig:
     original_revision: str | None = None
     tokenizer: str | None = None
     """Tokenizer for every model (Hub id or folder); default: each model's own, else the spec's, else the
-    original's (see unlearn_audit.tokenization)."""
+    original's (see unlearn_audit.inputs.tokenization)."""
     tokenizer_revision: str | None = None
     forget: str | None = None
     """A preset name (``news``, ``books``), a dataset repo id, or a local dataset folder."""
@@ -187,14 +187,14 @@ class AuditConfig:
     device_map: str | None = None
     """``auto``: spread a model too large for one device over all of them (accelerate)."""
     cache_results: bool = True
-    """Reuse and store probe results in the result cache (see unlearn_audit.cache)."""
+    """Reuse and store probe results in the result cache (see unlearn_audit.auditing.cache)."""
     results_dir: Path | None = None
     """The result cache folder (default ``$UNLEARN_AUDIT_HOME/results`` or ``~/.cache/unlearn_audit/results``)."""
     calibration: str = "generic"
     """Calibration text for GPTQ/AWQ: ``generic`` (shipped corpus), ``forget`` (only when asked), or a file."""
     calibration_tokens: int = 512
     published: bool = False
-    """Also audit the Hub's published quants of the model (see unlearn_audit.published)."""
+    """Also audit the Hub's published quants of the model (see unlearn_audit.quantize.published)."""
     published_max: int = 5
     published_files: str = "*.gguf"
     scratch_dir: Path | None = None

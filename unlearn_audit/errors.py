@@ -6,7 +6,7 @@ one line) and exits with ``error.exit_code``; tracebacks appear only with ``UNLE
 
 Exit codes (documented in README.md; a CI gate depends on them):
 
-* 0 PASS, 1 FAIL, 4 INCONCLUSIVE: verdicts, see :mod:`unlearn_audit.verdict`;
+* 0 PASS, 1 FAIL, 4 INCONCLUSIVE: verdicts, see :mod:`unlearn_audit.analysis.verdict`;
 * 2 bad usage or bad input (:class:`UsageError`, :class:`InputError`);
 * 3 runtime failure (:class:`RuntimeFailure`).
 """

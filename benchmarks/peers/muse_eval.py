@@ -41,10 +41,10 @@ def main() -> None:
     from metrics.verbmem import eval as eval_verbmem
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from unlearn_audit.data import load_forget_data
-    from unlearn_audit.hub import resolve
+    from unlearn_audit.inputs.data import load_forget_data
+    from unlearn_audit.inputs.hub import resolve
+    from unlearn_audit.inputs.spec import spec_for_dataset
     from unlearn_audit.miniature.build import build_miniature
-    from unlearn_audit.spec import spec_for_dataset
 
     world = build_miniature()
     folder = resolve("miniature/news", kind="dataset", cache_dir=world.hub_cache, offline=True).path

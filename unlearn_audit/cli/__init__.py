@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from . import audit, inspect, records, spec  # noqa: F401  (registers the commands)
 from .common import app, guarded, out
 
@@ -31,7 +31,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def main() -> None:
-    from ..noise import quiet_third_party
+    from ..support.noise import quiet_third_party
 
     quiet_third_party()
     app()

@@ -105,8 +105,8 @@ def check(
 
 def _audit(o: dict, *, screen_only: bool) -> int:
     """``check`` and ``screen``: the options into one :class:`AuditConfig`, the audit, the reports."""
-    from ..metrics import JUDGED, SCREEN_JUDGED
-    from ..pipeline import audit, prepare_out_dir, write_reports
+    from ..auditing import audit, prepare_out_dir, write_reports
+    from ..probes.metrics import JUDGED, SCREEN_JUDGED
     from ..probes.registry import SCREEN
 
     config = AuditConfig(
@@ -169,8 +169,8 @@ def demo(
     """Build (or reuse) a miniature world and audit its fragile and robust checkpoints (expected: FAIL, PASS)."""
 
     def run() -> int:
+        from ..auditing import audit, prepare_out_dir, write_reports
         from ..errors import UsageError
-        from ..pipeline import audit, prepare_out_dir, write_reports
 
         names = list(WORLDS) if world == "all" else [world]
         if any(name not in WORLDS for name in names):

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ..errors import AuditError, ExitCode, UsageError
-from ..progress import PlainReporter, RichReporter, reporter_for
+from ..support.progress import PlainReporter, RichReporter, reporter_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit 'unlearned' language models: does quantization bring the forgotten knowledge back?")

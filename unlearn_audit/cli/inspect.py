@@ -30,10 +30,10 @@ def diff(
         from rich.markup import escape
 
         from ..config import resolve_device
-        from ..hub import resolve
+        from ..inputs.hub import resolve
         from ..quantize import parse_variants
+        from ..quantize.diagnostic import weight_diff
         from ..report.record import write_atomic
-        from ..weights import weight_diff
 
         if dtype not in ("float32", "bfloat16", "float16"):
             raise UsageError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
@@ -99,9 +99,9 @@ def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
 @app.command()
 def quantizers() -> None:
     """List the quantization methods, their --quant syntax and what each needs."""
-    from ..quantize import METHODS
-
     from rich.markup import escape
+
+    from ..quantize import METHODS
 
     for info in METHODS.values():
         out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {escape(info.summary)}\n  needs: {escape(info.needs)}")

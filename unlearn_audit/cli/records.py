@@ -21,7 +21,7 @@ def report(
     """Re-render reports from an audit record."""
 
     def run() -> int:
-        from ..pipeline import write_reports
+        from ..auditing import write_reports
         from ..report.record import read_report
 
         rec = read_report(record)
@@ -88,7 +88,7 @@ def compare(
         if unknown:
             raise UsageError(f"compare cannot write format {unknown[0]}", "use md and/or html")
         rendered = {f: render_compare(data, f) for f in chosen}
-        from ..pipeline import prepare_out_dir
+        from ..auditing import prepare_out_dir
 
         prepare_out_dir(out_dir)
         for fmt, text in rendered.items():

@@ -24,8 +24,8 @@ def spec_init(
     """Write a commented spec with MUSE's default configs and splits."""
 
     def run() -> int:
+        from ..inputs.spec import spec_template
         from ..report.record import write_atomic
-        from ..spec import spec_template
 
         if output.exists() and not force:
             raise UsageError(f"{output} already exists", "pass --force to overwrite it, or choose --output")
@@ -41,7 +41,7 @@ def spec_validate(path: Annotated[Path, typer.Argument(help="A spec file.")]) ->
     """Check a spec file: YAML syntax, known keys, version. Exit 0 when valid, 2 when not."""
 
     def run() -> int:
-        from ..spec import load_spec_file
+        from ..inputs.spec import load_spec_file
 
         spec = load_spec_file(path)
         out.print(f"{path}: valid (spec_version {spec.spec_version}, dataset {spec.dataset})")
@@ -64,8 +64,8 @@ def spec_show(
     def run() -> int:
         import yaml
 
-        from ..hub import resolve
-        from ..pipeline import find_spec
+        from ..auditing.planning import find_spec
+        from ..inputs.hub import resolve
 
         config = AuditConfig(model=model, revision=revision, forget=forget, spec_path=spec, cache_dir=cache_dir,
                              offline=offline or None)

@@ -91,7 +91,7 @@ class MiniatureWorld:
 
 def default_root() -> Path:
     """``$UNLEARN_AUDIT_HOME/miniature``, else ``~/.cache/unlearn_audit/miniature``."""
-    from ..cache import home
+    from ..support.home import home
 
     return home() / "miniature"
 

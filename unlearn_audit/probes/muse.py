@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
-from ..data import QASet
-from ..scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
+from ..analysis.scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
+from ..engines.base import Advance
+from ..engines.base import InferenceEngine as Engine
+from ..inputs.data import QASet
 from .base import ItemScore, ProbeOutput
-from .engine import Advance, InferenceEngine as Engine
 
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
 

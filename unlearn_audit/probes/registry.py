@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from ..data import ForgetData
-from ..spec import TofuSpec
+from ..inputs.data import ForgetData
+from ..inputs.spec import TofuSpec
 from . import muse, screen, tofu, wmdp
 from .base import ProbeOutput
 
@@ -30,7 +30,7 @@ class ProbeInfo:
     """``mean`` (mean item score × 100) or ``auc`` (AUC × 100 of forget against holdout items)."""
     summary: str
     needs: tuple[str, ...]
-    """The :class:`~unlearn_audit.data.ForgetData` fields it reads."""
+    """The :class:`~unlearn_audit.inputs.data.ForgetData` fields it reads."""
     count: Callable[[ForgetData], int]
     """How many items it probes on ``data`` (an optional probe with none does not run)."""
     run: Callable[[Any, ForgetData, Any, Any], ProbeOutput]

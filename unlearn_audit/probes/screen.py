@@ -11,7 +11,7 @@ loss is on text it never saw). The texts are the ones the benchmark's own probes
 * WMDP: the right answer's letter after lm-evaluation-harness's prompt; no held-out set.
 
 Recovery on loss is ``(L(Q(u)) - L(u)) / (L(o) - L(u))``, net of the reference model's own move under the same
-variant, with paired bootstrap intervals (:mod:`unlearn_audit.analysis`): the same shares as every metric's.
+variant, with paired bootstrap intervals (:mod:`unlearn_audit.analysis.figures`): the same shares as every metric's.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ForgetData
+from ..engines.base import Advance
+from ..engines.base import InferenceEngine as Engine
+from ..inputs.data import ForgetData
 from .base import ItemScore, ProbeOutput
-from .engine import Advance, InferenceEngine as Engine
 
 Pair = tuple[list[int], list[int]]
 
@@ -44,7 +45,7 @@ def _text_pairs(engine: Engine, texts: list[str]) -> list[Pair]:
 def pairs(engine: Engine, data: ForgetData, part: str, settings: Any) -> list[Pair]:
     """The (context, scored tokens) pairs of ``part`` (``forget`` or ``holdout``) for ``data``'s benchmark."""
     if data.benchmark == "tofu":
-        from ..spec import TofuSpec
+        from ..inputs.spec import TofuSpec
         from .tofu import Template
 
         if part != "forget":

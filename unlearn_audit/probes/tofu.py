@@ -22,7 +22,7 @@ Per item, on each set:
 
 Forget quality (the KS test of the forget truth ratios against the retained model's) and model utility (the
 harmonic mean of the nine retain / real-authors / world-facts figures) are computed from these items in
-:mod:`unlearn_audit.analysis`.
+:mod:`unlearn_audit.analysis.figures`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data import TofuItems
-from ..scoring import rouge_l
+from ..analysis.scoring import rouge_l
+from ..engines.base import Advance
+from ..engines.base import InferenceEngine as Engine
+from ..inputs.data import TofuItems
 from .base import ItemScore, ProbeOutput
-from .engine import Advance, InferenceEngine as Engine
 
 SETS = {"forget": "tofu_f", "retain": "tofu_r", "real_authors": "tofu_ra", "world_facts": "tofu_wf"}
 """TOFU set -> the probe (and ``ProbeOutput.metric``) that reads it."""

@@ -14,16 +14,17 @@ Special tokens follow the harness release named by ``--lm-eval`` (:data:`LM_EVAL
 release since 0.4.9.2) encodes with the tokenizer's defaults, so a tokenizer that adds BOS starts every prompt with
 it (unless the text already starts with the BOS string); ``0.4.9.1`` (and before) encodes without special tokens,
 as numbers scored by those releases were. Long inputs and the context length: see
-:meth:`unlearn_audit.probes.engine.Engine.continuation_logprobs` and :func:`~unlearn_audit.probes.engine.context_length`.
+:meth:`unlearn_audit.engines.hf.HFEngine.continuation_logprobs` and :func:`~unlearn_audit.engines.base.context_length`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..data import ChoiceItems
+from ..engines.base import Advance
+from ..engines.base import InferenceEngine as Engine
+from ..inputs.data import ChoiceItems
 from .base import ItemScore, ProbeOutput
-from .engine import Advance, InferenceEngine as Engine
 
 LETTERS = ("A", "B", "C", "D")
 LM_EVAL = {

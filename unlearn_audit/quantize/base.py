@@ -164,7 +164,7 @@ def library_failures(label: str, model: nn.Module | None) -> Iterator[None]:
     try:
         yield
     except (AssertionError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
-        from ..probes.engine import is_out_of_memory
+        from ..engines.base import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise

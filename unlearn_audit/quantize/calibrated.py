@@ -3,7 +3,7 @@ runs both (auto-gptq is dead with transformers 5, autoawq is deprecated).
 
 GPT-QModel loads the model from its folder, runs calibration layer by layer and packs the weights into
 its quantized linear layers; the audit probes that model with the library's own kernels (torch kernels
-on CPU), as a user who quantized it themselves would. Calibration text: see :mod:`..calibration`.
+on CPU), as a user who quantized it themselves would. Calibration text: see :mod:`unlearn_audit.inputs.calibration`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibration import CalibrationSet
 from ..errors import InputError, QuantizationError
+from ..inputs.calibration import CalibrationSet
 from .base import QuantProof, QuantResult, max_distinct, verify_proof
 
 INSTALL = "pip install -c constraints.txt 'unlearn-audit[gptq]' (GPT-QModel)"
@@ -272,7 +272,7 @@ class CalibratedQuantizer:
                 del wrapped
                 model = AutoModelForCausalLM.from_pretrained(saved, dtype=dtype, device_map={"": device},
                                                              trust_remote_code=trust_remote_code)
-                packed = checkpoint_levels(saved, self.bits, self.group_size, self._pack_axis)
+                packed = checkpoint_levels(saved, self.bits, self.group_size, self.pack_axis)
             except (RuntimeError, ValueError, OSError) as exc:
                 raise QuantizationError(f"{self.method.upper()} quantization failed: {str(exc).splitlines()[0]}",
                                         "check the settings against the model's layer sizes, or report this") from None
@@ -283,10 +283,10 @@ class CalibratedQuantizer:
 
     def checkpoint_layers(self, folder: Path) -> int:
         """Quantized layers in a saved checkpoint of this method."""
-        return checkpoint_levels(folder, self.bits, self.group_size, self._pack_axis)[0]
+        return checkpoint_levels(folder, self.bits, self.group_size, self.pack_axis)[0]
 
     @property
-    def _pack_axis(self) -> int:
+    def pack_axis(self) -> int:
         return 0 if self.method == "gptq" else 1  # GPTQ packs input rows, AWQ output columns
 
     def apply(self, model: nn.Module) -> QuantResult:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import GridNotApplicable, InputError, QuantizationError
+from ..support.noise import debugging, silenced
 from .base import QuantProof, QuantResult, verify_proof
 
 INSTALL = "pip install -c constraints.txt 'unlearn-audit[gguf]' (builds llama.cpp: needs cmake and a C compiler; `make gguf`)"
@@ -59,7 +60,8 @@ def _llama_cpp():  # noqa: ANN202
     return llama_cpp
 
 
-def _gguf():  # noqa: ANN202
+def gguf_library():  # noqa: ANN202
+    """The ``gguf`` package (llama.cpp's reader and writer), or one line saying how to install it."""
     try:
         import gguf
     except ImportError:
@@ -67,21 +69,38 @@ def _gguf():  # noqa: ANN202
     return gguf
 
 
-def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """``convert_hf_to_gguf.py``'s q/k row order for Llama-family models (llama.cpp's RoPE layout)."""
+def to_file_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """``convert_hf_to_gguf.py``'s q/k row order for Llama-family models (llama.cpp's RoPE layout): a q or k
+    projection's rows as a GGUF file stores them (``heads``: the query heads for q, the key/value heads for k)."""
     return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
+def from_file_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of :func:`to_file_rows`."""
     return (weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
+
+
+GGUF_NAMES = "names.json"
+"""Beside a kept GGUF file: its tensor names' parameters and the head counts its q/k rows were permuted with."""
+
+
+def row_heads(config: Any, parameter: str) -> int | None:
+    """The head count a parameter's rows are permuted by in a GGUF file: the query heads for ``q_proj``, the
+    key/value heads for ``k_proj`` (the query heads where the config names none), None for any other tensor."""
+    heads = config.num_attention_heads
+    if parameter.endswith("q_proj.weight"):
+        return heads
+    if parameter.endswith("k_proj.weight"):
+        return getattr(config, "num_key_value_heads", None) or heads
+    return None
 
 
 def gguf_names(model: nn.Module) -> dict[str, str]:
     """GGUF tensor name -> parameter name for a Llama-family model, by llama.cpp's own name map (a tied
     ``lm_head`` is the embedding: written once, as ``token_embd``)."""
-    gguf = _gguf()
+    gguf = gguf_library()
     config = model.config
     if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2"):
         raise QuantizationError(f"gguf variants convert Llama-family models only, not '{config.model_type}'",
@@ -100,10 +119,10 @@ def gguf_names(model: nn.Module) -> dict[str, str]:
 def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
     """Write ``model`` (a Llama-family transformers model) as a GGUF file in float32 (float16 for 16-bit
     models); returns GGUF tensor name -> parameter name."""
-    gguf = _gguf()
+    gguf = gguf_library()
     config = model.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv_heads = row_heads(config, "k_proj.weight")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("unlearn-audit variant")
@@ -125,10 +144,8 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
 
     def array(name: str) -> np.ndarray:
         data = params[name].detach().float().cpu().numpy()
-        if name.endswith("q_proj.weight"):
-            data = _permute(data, heads)
-        elif name.endswith("k_proj.weight"):
-            data = _permute(data, kv_heads)
+        if row_heads(config, name):
+            data = to_file_rows(data, row_heads(config, name))
         return data.astype(np.float16) if half and data.ndim == 2 else data
 
     # streamed: the tensors' descriptions first, then one tensor converted and written at a time (the writer's
@@ -152,17 +169,15 @@ def keep_file(path: Path, folder: Path, mapping: dict[str, str], model: nn.Modul
     import json
     import shutil
 
-    from ..weights import GGUF_NAMES
-
     config = model.config
-    heads = config.num_attention_heads
     folder.mkdir(parents=True, exist_ok=True)
     if link:  # a published file: read where it lies
         (folder / "model.gguf").symlink_to(path.resolve())
     else:
         shutil.move(str(path), folder / "model.gguf")
     (folder / GGUF_NAMES).write_text(json.dumps({
-        "tensors": mapping, "heads": heads, "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "tensors": mapping, "heads": row_heads(config, "q_proj.weight"),
+        "kv_heads": row_heads(config, "k_proj.weight"),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}))
 
 
@@ -195,12 +210,10 @@ IGNORED_TENSORS = ("rope_freqs.weight",)
 
 def read_quantized(path: Path, model: nn.Module, mapping: dict[str, str]) -> GGUFTensors:
     """Dequantize every tensor of ``path`` into ``model``'s parameters (in place) and count levels."""
-    gguf = _gguf()
+    gguf = gguf_library()
     from gguf.quants import dequantize
 
     config = model.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
     reader = gguf.GGUFReader(str(path))
     types: dict[str, str] = {}
     max_levels: dict[str, int] = {}
@@ -227,10 +240,8 @@ def read_quantized(path: Path, model: nn.Module, mapping: dict[str, str]) -> GGU
                 distinct = int(((ordered[:, 1:] != ordered[:, :-1]).sum(axis=1) + 1).max())
                 max_levels[kind] = max(max_levels.get(kind, 0), distinct)
                 blocks += sub.shape[0]
-            if name.endswith("q_proj.weight"):
-                values = _unpermute(values, heads)
-            elif name.endswith("k_proj.weight"):
-                values = _unpermute(values, kv_heads)
+            if row_heads(config, name):
+                values = from_file_rows(values, row_heads(config, name))
             param = params[name]
             param.copy_(torch.from_numpy(np.array(values, copy=True)).to(dtype=param.dtype, device=param.device))
     return GGUFTensors(types=types, blocks_checked=blocks, max_levels=max_levels)
@@ -337,10 +348,13 @@ class GGUFQuantizer:
         diagnostic compares them. The k-quants search their scales and the mixes choose types per tensor."""
         return self.kind in LEGACY
 
+    kept_as = "gguf"
+    """How the diagnostic reads the two kept checkpoints (see ``diagnostic.compare_kept``)."""
+
     @property
     def compared_after(self) -> bool:
         """The k-quants and mixes: the audit keeps both models' quantized files and the diagnostic compares
-        their blocks afterwards (``weights.gguf_diff``), as for GPTQ/AWQ."""
+        their blocks afterwards (``diagnostic.gguf_diff``), as for GPTQ/AWQ."""
         return self.kind not in LEGACY
 
     @property
@@ -348,17 +362,12 @@ class GGUFQuantizer:
         return ("llama.cpp's k-quants search each block's scales and the _S/_M/_L mixes choose a type per tensor, so "
                 "they are compared from the two files an audit quantizes (after its probes; `diff` alone cannot)")
 
-    def saved_diff(self, unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
-        from ..weights import gguf_diff
-
-        return gguf_diff(unlearned, original, saved_u, saved_o)
-
     @property
     def bits(self) -> int:
         return FILE_TYPES[self.kind][1]
 
     def require(self) -> None:
-        _gguf()
+        gguf_library()
         _llama_cpp()
 
     def settings(self) -> dict[str, Any]:
@@ -385,7 +394,7 @@ class GGUFQuantizer:
         with tempfile.TemporaryDirectory(prefix="unlearn-audit-gguf-", dir=workdir) as scratch:
             source, target = Path(scratch) / "model.gguf", Path(scratch) / f"model-{self.kind}.gguf"
             mapping = write_gguf(model, source)
-            with _quiet_llama():
+            with silenced(fds=(2,), python_stderr=True, active=not debugging()):
                 quantize_file(source, target, FILE_TYPES[self.kind][0])
             source.unlink()  # the full-precision file: not needed any more
             read = read_quantized(target, model, mapping)
@@ -422,39 +431,3 @@ def _gguf_version() -> str:
         return version("gguf")
     except PackageNotFoundError:
         return "?"
-
-
-class _quiet_llama:
-    """llama.cpp logs every tensor while quantizing (llama-cpp-python forwards its log to ``sys.stderr``; the C
-    code also writes to file descriptor 2): both silenced unless UNLEARN_AUDIT_DEBUG is set."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-        import os
-
-        self.saved = None
-        self.redirect = None
-        if os.environ.get("UNLEARN_AUDIT_DEBUG"):
-            return
-        import sys
-
-        self.redirect = contextlib.redirect_stderr(io.StringIO())
-        self.redirect.__enter__()
-        try:
-            sys.__stderr__.flush()
-            self.saved = os.dup(2)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except (OSError, AttributeError, ValueError):
-            self.saved = None
-
-    def __exit__(self, *exc: object) -> None:
-        import os
-
-        if self.saved is not None:
-            os.dup2(self.saved, 2)
-            os.close(self.saved)
-        if self.redirect is not None:
-            self.redirect.__exit__(None, None, None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..analysis import FULL, METRIC_LABELS
-from ..formatting import percent
+from ..analysis.figures import FULL, METRIC_LABELS
+from ..support.formatting import percent
 from .record import judged_recoveries
 
 SECTION_START = "<!-- unlearn-audit:start -->"
@@ -47,7 +47,7 @@ def eval_results(report: dict[str, Any]) -> list[Any]:
               dataset["reference"], "dataset_revision": dataset.get("commit")}
     run = next(r for r in report["runs"] if r["role"] == "unlearned" and r["variant"] == FULL)
     results = []
-    from ..metrics import METRICS
+    from ..probes.metrics import METRICS
 
     for metric in METRICS:  # those the audit's benchmark measured
         value = run["metrics"].get(metric, {}).get("value")
@@ -95,11 +95,7 @@ def update_card(readme: str, report: dict[str, Any]) -> str:
 def push_card(rec: dict, folder: Path, repo_id: str, *, create_pr: bool) -> str:
     """Upload the reports and the card change to ``repo_id`` (a pull request unless ``create_pr`` is False)."""
     from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
     from ..errors import ResolutionError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from ..analysis import METRIC_LABELS
-from ..formatting import percent
+from ..analysis.figures import METRIC_LABELS
+from ..support.formatting import percent
 from .record import judged_recoveries
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..analysis import FULL, METRIC_LABELS
-from ..metrics import METRICS as REGISTRY
+from ..analysis.figures import FULL, METRIC_LABELS
+from ..probes.metrics import METRICS as REGISTRY
 from .record import judged_recoveries
 
 METRICS = tuple(REGISTRY)

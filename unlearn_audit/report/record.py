@@ -71,7 +71,7 @@ class AuditReport:
     duration_seconds: float
     notes: list[str] = field(default_factory=list)
     weight_diff: dict[str, Any] | None = None
-    """The weight-level diagnostic (see unlearn_audit.weights), when both checkpoints are safetensors."""
+    """The weight-level diagnostic (see unlearn_audit.quantize.diagnostic), when both checkpoints are safetensors."""
     published: list[dict[str, Any]] | None = None
     """``--published``: each derivative repo listed, the files audited as variants and those skipped, and why."""
     execution: dict[str, Any] | None = None

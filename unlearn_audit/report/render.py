@@ -14,8 +14,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..analysis import FULL, METRIC_LABELS, METRIC_NOUNS
-from ..formatting import percent
+from ..analysis.figures import FULL, METRIC_LABELS, METRIC_NOUNS
+from ..support.formatting import percent
 from .record import judged_recoveries
 
 Renderer = Callable[[dict[str, Any]], str]

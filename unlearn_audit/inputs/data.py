@@ -4,10 +4,10 @@ root (TOFU), ``.jsonl``; read for the spec's benchmark (MUSE, TOFU or WMDP) befo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 from .spec import ForgetSpec
 
 OLD_SPLIT_NAMES = {"retain_qa": "retain2_qa", "retain_qa_icl": "retain2_qa_icl", "retain": "retain2"}

@@ -29,11 +29,11 @@ from enum import Enum
 
 import numpy as np
 
-from .analysis import FULL, METRIC_NOUNS, SHARE_STATISTIC, Analysis, Share
-from .config import Thresholds
-from .errors import ExitCode
-from .formatting import percent
-from .metrics import METRICS, min_gap
+from ..config import Thresholds
+from ..errors import ExitCode
+from ..probes.metrics import METRICS, min_gap
+from ..support.formatting import percent
+from .figures import FULL, METRIC_NOUNS, SHARE_STATISTIC, Analysis, Share
 
 
 class Decision(str, Enum):

@@ -14,13 +14,13 @@ smaller (about 3.3k tokens), so an audit with less says so (:func:`shortfall`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 GENERIC = "generic"
 FORGET = "forget"

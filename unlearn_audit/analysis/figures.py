@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import METRICS, direction, min_gap as gap_for
-from .probes.base import ProbeOutput
+from ..probes.base import ProbeOutput
+from ..probes.metrics import METRICS, direction
+from ..probes.metrics import min_gap as gap_for
 from .scoring import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
 
 FULL = "full"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, ResolutionError
+from ..errors import InputError, ResolutionError
 
 METADATA_FILES = ["*.json", "*.model", "*.txt", "*.md", "*.yaml", "*.tiktoken", "*.jinja"]
 """Phase one of a model: configs, tokenizer files, card and spec (everything checked before any weight)."""
@@ -75,13 +75,8 @@ def resolve(reference: str, *, kind: str = "model", revision: str | None = None,
 def _resolve_hub(repo_id: str, *, kind: str, revision: str | None, cache_dir: Path | None, offline: bool | None,
                  allow_pickle: bool, patterns: list[str] | None = None) -> ResolvedRepo:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     if patterns is None:
         patterns = DATASET_FILES if kind == "dataset" else MODEL_FILES + (PICKLE_FILES if allow_pickle else [])
@@ -199,3 +194,9 @@ def fetch_weights(repo: ResolvedRepo, *, cache_dir: Path | None, offline: bool |
     patterns = weight_patterns(repo.path, allow_pickle)
     return _resolve_hub(repo.repo_id, kind="model", revision=repo.commit or repo.revision, cache_dir=cache_dir,
                         offline=offline, allow_pickle=allow_pickle, patterns=patterns)
+
+
+def fingerprint_folder(folder: Path) -> dict[str, Any]:
+    """A local folder's identity without reading its weights: file names, sizes, modification times."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {"files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}

@@ -19,29 +19,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import RuntimeFailure
-from .probes.base import ItemScore, ProbeOutput
-from .report.record import write_atomic
+from ..errors import RuntimeFailure
+from ..probes.base import ItemScore, ProbeOutput
+from ..report.record import write_atomic
+from ..version import __version__
 
 CACHE_FORMAT = 1
-
-
-def home() -> Path:
-    """``$UNLEARN_AUDIT_HOME``, else ``~/.cache/unlearn_audit``: where the tool keeps what it builds."""
-    base = os.environ.get("UNLEARN_AUDIT_HOME")
-    return Path(base) if base else Path.home() / ".cache" / "unlearn_audit"
-
-
-def default_dir() -> Path:
-    """``$UNLEARN_AUDIT_RESULTS``, else ``<home>/results``."""
-    base = os.environ.get("UNLEARN_AUDIT_RESULTS")
-    return Path(base) if base else home() / "results"
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,16 +36,10 @@ def code_digest() -> str:
     """SHA-256 of this package's Python sources: a development checkout whose code changed does not reuse
     results computed by other code under the same version number."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # unlearn_audit/
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def fingerprint_folder(folder: Path) -> dict[str, Any]:
-    """A local folder's identity without reading its weights: file names, sizes, modification times."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    return {"files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def texts_digest(groups: dict[str, list[str]]) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from .errors import InputError, QuantizationError, ResolutionError
-from .quantize.base import QuantProof, QuantResult, verify_proof
+from ..errors import InputError, QuantizationError, ResolutionError
+from .base import QuantProof, QuantResult, verify_proof
 
 GGUF_FILE_TYPES = {7: "q8_0", 2: "q4_0", 3: "q4_1", 8: "q5_0", 9: "q5_1", 10: "q2_k", 11: "q3_k_s", 12: "q3_k_m",
                    13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m", 16: "q5_k_s", 17: "q5_k_m", 18: "q6_k"}
@@ -112,7 +112,7 @@ def _checkpoint_variant(repo_id: str, files: list[str], *, cache_dir: Path | Non
     """A GPTQ/AWQ repo as a variant (its config fetched, phase one), or why the repo is not audited."""
     import json
 
-    from .hub import METADATA_FILES, resolve
+    from ..inputs.hub import METADATA_FILES, resolve
 
     if "config.json" not in files:
         return None, "no GGUF file and no model config at the top level" + (" in the local cache" if offline else "")
@@ -139,18 +139,33 @@ def _file_type(path: Path) -> str | None:
 
 
 @dataclass
-class PublishedGGUF:
+class PublishedVariant:
+    """What every published derivative shares as a variant: its repo, and the folder and commit it was fetched
+    to in phase two; no grid the diagnostic can refit (``fixed_grid`` False), no transformers load config."""
+
+    repo_id: str
+    path: Path | None = field(default=None, kw_only=True)
+    commit: str | None = field(default=None, kw_only=True)
+    fixed_grid = False
+
+    def load_config(self) -> Any:
+        return None
+
+    def fetched(self, path: Path, commit: str | None) -> None:
+        """Phase two: the files are on disk."""
+        self.path, self.commit = path, commit
+
+
+@dataclass
+class PublishedGGUF(PublishedVariant):
     """One published GGUF file as a variant: the unlearned model runs the file's own weights; the original
     (and the reference model) run llama.cpp's quantization with the file's file type."""
 
-    repo_id: str
     filename: str
-    path: Path | None = None
-    commit: str | None = None
     kind: str | None = None
     stage = "weights"
     writes_scratch = True
-    fixed_grid = False
+    kept_as = "gguf"
     not_compared_reason = ("a published file: compared block by block with the original quantized to the file's "
                            "type in the audit (after its probes), when the file names a type llama.cpp reproduces")
 
@@ -159,23 +174,18 @@ class PublishedGGUF:
         """The file and the original quantized by llama.cpp to its type are kept and compared afterwards."""
         return self.kind is not None
 
-    def saved_diff(self, unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
-        from .weights import gguf_diff
-
-        return gguf_diff(unlearned, original, saved_u, saved_o)
-
     @property
     def label(self) -> str:
         return f"published:{self.repo_id}/{self.filename}"
 
     @property
     def bits(self) -> int:
-        from .quantize.gguf import FILE_TYPES
+        from .gguf import FILE_TYPES
 
         return FILE_TYPES[self.kind][1] if self.kind in FILE_TYPES else 16
 
     def require(self) -> None:
-        from .quantize.gguf import GGUFQuantizer
+        from .gguf import GGUFQuantizer
 
         GGUFQuantizer("q8_0").require()
 
@@ -183,12 +193,9 @@ class PublishedGGUF:
         return {"method": "published gguf", "repo": self.repo_id, "file": self.filename, "commit": self.commit,
                 "file_type": self.kind, "bits": self.bits}
 
-    def load_config(self) -> Any:
-        return None
-
     def fetched(self, path: Path, commit: str | None) -> None:
         """Phase two: the file is on disk; its file type read from its metadata."""
-        self.path, self.commit = path, commit
+        super().fetched(path, commit)
         self.kind = _file_type(path)
 
     def apply(self, model: nn.Module, workdir: Path | None = None, save_to: Path | None = None) -> QuantResult:
@@ -198,7 +205,7 @@ class PublishedGGUF:
                    save_to: Path | None = None) -> QuantResult:
         """The unlearned model: the published file's tensors; the original: quantized by llama.cpp to the
         file's type. ``save_to`` keeps each side's file (the published one linked) for the diagnostic."""
-        from .quantize.gguf import TENSOR_BITS, GGUFQuantizer, gguf_names, keep_file, read_quantized
+        from .gguf import TENSOR_BITS, GGUFQuantizer, gguf_names, keep_file, read_quantized
 
         if self.path is None:
             raise QuantizationError(f"{self.label} was not fetched", "a bug if you see this")
@@ -229,18 +236,14 @@ class PublishedGGUF:
 
 
 @dataclass
-class PublishedCheckpoint:
+class PublishedCheckpoint(PublishedVariant):
     """A published GPTQ/AWQ repo as a variant: the unlearned model is the checkpoint, loaded through
     transformers as its users load it. The publisher's calibration is unknown, so the original is not
     quantized the same way: its runs for this variant are its full-precision runs (the record says so)."""
 
-    repo_id: str
     method: str
     quant_config: dict[str, Any]
-    path: Path | None = None
-    commit: str | None = None
     stage = "published"
-    fixed_grid = False
     not_compared_reason = ("a published GPTQ/AWQ checkpoint: the publisher's calibration is unknown, so the "
                            "original cannot be quantized the same way")
 
@@ -257,7 +260,7 @@ class PublishedCheckpoint:
         return int(self.quant_config.get("group_size", 128))
 
     def require(self) -> None:
-        from .quantize.calibrated import _gptqmodel
+        from .calibrated import _gptqmodel
 
         _gptqmodel()
 
@@ -266,12 +269,6 @@ class PublishedCheckpoint:
                 "group_size": self.group_size, "file_type": f"{self.method}:{self.bits}:g{self.group_size}",
                 "original": "its full-precision runs (the publisher's calibration cannot be reproduced)"}
 
-    def load_config(self) -> Any:
-        return None
-
-    def fetched(self, path: Path, commit: str | None) -> None:
-        self.path, self.commit = path, commit
-
     def apply(self, model: nn.Module) -> QuantResult:
         raise QuantizationError(f"{self.label} is loaded from its repo, not applied", "a bug if you see this")
 
@@ -279,7 +276,7 @@ class PublishedCheckpoint:
         """The checkpoint through transformers, and the proof (packed codes counted in its safetensors)."""
         from transformers import AutoModelForCausalLM
 
-        from .quantize.calibrated import CalibratedQuantizer, checkpoint_levels
+        from .calibrated import CalibratedQuantizer, checkpoint_levels
 
         method = CalibratedQuantizer(method=self.method, bits=self.bits, group_size=self.group_size,
                                      symmetric=self.quant_config.get("sym"),

@@ -43,71 +43,15 @@ from typing import Any
 
 import torch
 
-from .errors import GridNotApplicable, InputError
-from .quantize import Quantizer
+from ..errors import GridNotApplicable, InputError
+from ..inputs.checkpoint import NOT_QUANTIZED as _SKIP
+from ..inputs.checkpoint import load_tensor, tensor_index
+from .base import Quantizer
 
-_SKIP = ("lm_head", "embed", "wte", "wpe", "norm", "ln_")
 READINGS = ("recovery certain", "probes decide", "nothing moved")
 """What the diagnostic can say: the quantized models are identical (recovery is certain), the checkpoints are equal
 (unlearning changed nothing), or the quantized models differ and only the probes can tell what that does."""
 _MANTISSA = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
-
-
-def tensor_index(folder: Path) -> dict[str, Path]:
-    """tensor name -> safetensors file, from the files' headers only."""
-    from safetensors import safe_open
-
-    from .hub import indexed_shards
-
-    shards = indexed_shards(folder)  # a sharded checkpoint: the index's files, not a stale file beside them
-    files = sorted(folder.glob("*.safetensors")) if shards is None else [folder / name for name in shards]
-    if not files:
-        raise InputError(f"{folder} has no safetensors weights", "the diagnostic reads safetensors only")
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise InputError(f"{folder}'s safetensors index names missing shards ({', '.join(missing[:3])})",
-                         "download the whole checkpoint again (or fix model.safetensors.index.json)")
-    index = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            for name in handle.keys():
-                index[name] = f
-    return index
-
-
-def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape in ``folder``'s safetensors, from the headers only (one open per file); raises
-    :class:`InputError` when there is no safetensors file."""
-    from safetensors import safe_open
-
-    shapes = {}
-    for file in sorted(set(tensor_index(folder).values())):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
-def linear_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """The linear weight matrices among ``shapes`` (lm_head, embeddings and norms excluded)."""
-    return {name: shape for name, shape in shapes.items()
-            if name.endswith(".weight") and not any(s in name for s in _SKIP) and len(shape) == 2}
-
-
-def parameter_count(shapes: dict[str, tuple[int, ...]]) -> int:
-    """Parameters in ``shapes``."""
-    return sum(math.prod(shape) for shape in shapes.values())
-
-
-def load_tensor(path: Path, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One tensor from a safetensors file, as float32 (its values rounded to ``dtype`` first, if given)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        t = handle.get_tensor(name)
-    if dtype is not None and t.dtype != dtype:
-        t = t.to(dtype)
-    return t.float()
 
 
 def compare_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -393,6 +337,15 @@ def _read_pair(u_index: dict[str, Path], o_index: dict[str, Path], name: str, ta
     return u_raw.to(device=device).to(dtype).float(), o_raw.to(device=device).to(dtype).float(), dtype
 
 
+def compare_kept(quantizer: Any, unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
+    """A variant whose grid is known only once it is made, compared from the two quantized checkpoints the audit
+    kept (``saved_u``, ``saved_o``): GGUF files block by block (``kept_as == "gguf"``: llama.cpp's k-quants and
+    published files), GPTQ/AWQ checkpoints group by group."""
+    if getattr(quantizer, "kept_as", None) == "gguf":
+        return gguf_diff(unlearned, original, saved_u, saved_o)
+    return calibrated_diff(unlearned, original, saved_u, saved_o, quantizer)
+
+
 def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path, quantizer: Any) -> dict[str, Any]:
     """GPTQ/AWQ after the fact: both models were quantized with the same settings (each with its own
     calibrated grid), and their saved checkpoints are compared group by group: the share of moved weights
@@ -401,11 +354,11 @@ def calibrated_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Pat
     the figure describes these two checkpoints, not the method in general."""
     from safetensors import safe_open
 
-    from .quantize.calibrated import unpack_codes
+    from .calibrated import unpack_codes
 
     u_index, o_index, _ = comparable_layers(unlearned, original)
     qu_index, qo_index = tensor_index(saved_u), tensor_index(saved_o)
-    axis, bits = quantizer._pack_axis, quantizer.bits
+    axis, bits = quantizer.pack_axis, quantizer.bits
     t = _Totals()
     for key in sorted(k for k in qu_index if k.endswith(".qweight")):
         if key not in qo_index:
@@ -446,10 +399,6 @@ def _differing(u_index: dict[str, Path], o_index: dict[str, Path], chosen: Calla
                or not torch.equal(load_tensor(u_index[n], n), load_tensor(o_index[n], n)))
 
 
-GGUF_NAMES = "names.json"
-"""Beside a kept GGUF file: its tensor names' parameters and the head counts its q/k rows were permuted with."""
-
-
 def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> dict[str, Any]:
     """GGUF k-quants and mixes after the fact: both models were quantized by llama.cpp to the same file type,
     and the two files are compared block by block, for each linear weight both hold with the same type: the
@@ -463,10 +412,10 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
     import numpy as np
     from safetensors import safe_open
 
-    from .quantize.ggml_blocks import LAYOUT, unpack
-    from .quantize.gguf import _gguf, _permute
+    from .ggml_blocks import LAYOUT, unpack
+    from .gguf import GGUF_NAMES, gguf_library, to_file_rows
 
-    gguf = _gguf()
+    gguf = gguf_library()
     u_index, o_index, names = comparable_layers(unlearned, original)
     wanted = set(names)
     meta = json.loads((saved_o / GGUF_NAMES).read_text())
@@ -493,7 +442,7 @@ def gguf_diff(unlearned: Path, original: Path, saved_u: Path, saved_o: Path) -> 
         del u_raw, o_raw
         if param.endswith(("q_proj.weight", "k_proj.weight")):  # the file's row order (llama.cpp's RoPE layout)
             heads = meta["heads"] if param.endswith("q_proj.weight") else meta["kv_heads"]
-            u, o = _permute(u, heads), _permute(o, heads)
+            u, o = to_file_rows(u, heads), to_file_rows(o, heads)
         u, o = u.reshape(codes_o.codes.shape), o.reshape(codes_o.codes.shape)
         moved = torch.from_numpy(u != o)
         same = torch.from_numpy(codes_u.codes == codes_o.codes)

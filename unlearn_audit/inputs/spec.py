@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InputError
+from ..errors import InputError
 
 SPEC_VERSION = 1
 SPEC_FILENAME = "unlearn_audit.yaml"

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuntimeFailure, UsageError
-from .engine import Advance, Engine, TokenStats, context_length, fit_pairs
+from ..support.noise import debugging, silenced
+from .base import Advance, TokenStats, context_length, fit_pairs
+from .hf import HFEngine
 
 INSTALL = "make vllm (a .venv-vllm with vLLM and constraints-vllm.txt), then run unlearn-audit from .venv-vllm"
 
@@ -85,22 +87,22 @@ class VLLMEngine:
         self._llm = self._start()
 
     def _start(self) -> Any:
-        from vllm import LLM
-
         import os
+
+        from vllm import LLM
 
         extra: dict[str, Any] = {}
         if next(self.model.parameters()).device.type == "cpu" and self.settings.gpu_memory_utilization is None:
             # vLLM's CPU backend reserves --gpu-memory-utilization of the machine's memory (92%) unless the KV
             # cache size is given: a quarter of what is available, at least 1 GiB
-            from ..memory import available_cpu_bytes
+            from ..support.memory import available_cpu_bytes
 
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, available_cpu_bytes() // 4 // 2**30)))
         if self.settings.gpu_memory_utilization is not None:
             extra["gpu_memory_utilization"] = self.settings.gpu_memory_utilization
-        debug = bool(os.environ.get("UNLEARN_AUDIT_DEBUG"))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         try:
-            with _silenced(not debug):  # vLLM's engine processes inherit the silenced stderr
+            with silenced(active=not debugging()):  # vLLM's engine processes inherit the silenced stdout/stderr
                 return LLM(model=str(self.source), skip_tokenizer_init=True, dtype=self.dtype, seed=self.seed,
                            max_model_len=self.context, tensor_parallel_size=self.settings.tensor_parallel,
                            pipeline_parallel_size=self.settings.pipeline_parallel, enforce_eager=True, **extra)
@@ -189,7 +191,7 @@ class VLLMEngine:
         encoded = self._ids(texts, self.context, "score")
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self._llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=False)
-        vocabulary = Engine(self.model, self.tokenizer, batch_size=None).token_stats(texts)
+        vocabulary = HFEngine(self.model, self.tokenizer, batch_size=None).token_stats(texts)
         result = []
         for ids, output, hf in zip(encoded, outputs, vocabulary):
             logprobs = np.array([float(step[token].logprob) for token, step in zip(ids[1:], output.prompt_logprobs[1:])])
@@ -197,41 +199,3 @@ class VLLMEngine:
         if advance:
             advance(len(texts))
         return result
-
-
-class _silenced:
-    """stdout and stderr (Python's and file descriptors 1 and 2) sent to /dev/null while vLLM starts: its log
-    and progress bars, and those of the processes it spawns, stay off the user's terminal."""
-
-    def __init__(self, active: bool) -> None:
-        self.active = active
-        self.saved: list[tuple[int, int]] = []
-
-    def __enter__(self) -> None:
-        import os
-        import sys
-
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        if not self.active:
-            return
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            try:
-                self.saved.append((fd, os.dup(fd)))
-                os.dup2(devnull, fd)
-            except OSError:
-                continue
-        os.close(devnull)
-
-    def __exit__(self, *exc: object) -> None:
-        import os
-
-        for fd, saved in self.saved:
-            os.dup2(saved, fd)
-            os.close(saved)
-        self.saved = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RuntimeFailure, UnsafeModelError
+from ..errors import InputError, RuntimeFailure, UnsafeModelError
 from .hub import ResolvedRepo
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -81,7 +81,7 @@ class MergedAdapter:
 
 
 def _identity(adapter: ResolvedRepo, base: ResolvedRepo) -> str:
-    from .cache import fingerprint_folder
+    from .hub import fingerprint_folder
 
     parts = []
     for repo in (adapter, base):

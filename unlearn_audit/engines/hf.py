@@ -1,66 +1,25 @@
-"""The batched inference engine every probe runs on: greedy generation and token log-probabilities.
+"""The transformers engine (``--engine hf``): greedy generation and token log-probabilities on any model
+transformers loads, every quantizer's model included.
 
 Batches are sorted by length (little padding); generation pads on the left and uses the KV cache, each
 sequence stops at its first stop string (the batch stops when all have), scoring takes every token's
 log-probability from one forward pass per batch. Inputs longer than the model's context are truncated
 (generation keeps the end of the prompt, scoring keeps the start of the text) and counted in
-:attr:`Engine.truncated`, never a crash. A batch that runs out of accelerator memory is split in halves
+:attr:`HFEngine.truncated`, never a crash. A batch that runs out of accelerator memory is split in halves
 and retried (down to one item); the batch size stays halved for the rest of the run.
-
-The probes talk to an :class:`InferenceEngine`; :data:`ENGINES` maps ``--engine`` names to
-implementations (``hf``: transformers). A serving backend such as vLLM (which serves GPTQ, AWQ and
-bitsandbytes checkpoints) fits behind the same three members.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import RuntimeFailure
-from ..memory import TokenBudget, score_chunk_rows
-
-Advance = Callable[[int], None]
-"""Called with the number of items just finished."""
-
-
-class InferenceEngine(Protocol):
-    """What the probes need from a backend."""
-
-    tokenizer: Any
-    sample_temperature: float | None
-    seed: int
-    truncated: dict[str, int]
-
-    def generate(self, prompts: list[str], max_new_tokens: int, advance: Advance | None = None,
-                 stops: tuple[str, ...] = (), add_special_tokens: bool = True) -> list[str]: ...
-
-    def token_stats(self, texts: list[str], advance: Advance | None = None) -> list[TokenStats]: ...
-
-    def continuation_logprobs(self, pairs: list[tuple[list[int], list[int]]],
-                              advance: Advance | None = None) -> list[np.ndarray]: ...
-
-
-_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-"""How torch says it: CUDA/MPS ``OutOfMemoryError`` ("out of memory"), the CPU allocator's RuntimeError
-("DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."), or Python's MemoryError."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or any(t in text for t in _OOM_TEXTS))
-
-
-def out_of_memory_at_batch_one(device: Any) -> RuntimeFailure:
-    """What to do when a single item does not fit."""
-    return RuntimeFailure(f"out of memory on {device} with a single item per batch",
-                          "use a device with more memory (--device), spread the model with --device-map auto, "
-                          "test fewer variants at once, or lower --max-items")
+from ..support.memory import TokenBudget, score_chunk_rows
+from .base import Advance, TokenStats, context_length, fit_pairs, is_out_of_memory, out_of_memory_at_batch_one
 
 
 class _StopStrings:
@@ -75,14 +34,14 @@ class _StopStrings:
 
 
 @dataclass
-class Engine:
+class HFEngine:
     """Runs a causal LM over many prompts or texts in length-sorted batches (HF transformers backend)."""
 
     model: Any
     tokenizer: Any
     batch_size: int | None = 16
     """Most items per batch; None chooses from free memory and the model's per-token cost (at most 16 on
-    CPU, 64 on an accelerator, and as many tokens per batch as fit: see :mod:`unlearn_audit.memory`)."""
+    CPU, 64 on an accelerator, and as many tokens per batch as fit: see :mod:`unlearn_audit.support.memory`)."""
     sample_temperature: float | None = None
     """None: greedy decoding (MUSE). A temperature: sampling, as the quantization paper's fork does."""
     seed: int = 0
@@ -93,7 +52,7 @@ class Engine:
     """The most items that went through the model at once."""
     largest_tokens: int = 0
     """The most tokens in flight at once (items × the batch's longest sequence, new tokens included): the ``N``
-    of :mod:`unlearn_audit.memory`'s formula."""
+    of :mod:`unlearn_audit.support.memory`'s formula."""
 
     def __post_init__(self) -> None:
         self.device = next(self.model.parameters()).device
@@ -107,7 +66,7 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What the record keeps of how this engine batched and scored."""
-        from ..memory import peak_bytes
+        from ..support.memory import peak_bytes
 
         params = list(self.model.parameters())
         width = params[0].element_size() if params[0].is_floating_point() else 2
@@ -291,41 +250,6 @@ class Engine:
         return result
 
 
-TOKENIZER_INFINITY = int(1e30)
-"""transformers' ``model_max_length`` when the tokenizer sets none."""
-
-
-def context_length(config: Any, tokenizer: Any = None, default: int = 2048) -> int:
-    """The model's context in tokens, found as lm-evaluation-harness (0.4.13, ``resolve_max_length``) finds it: the
-    text model's config (``text_config`` where nested) field ``n_positions``, ``max_position_embeddings`` or
-    ``n_ctx``, else the tokenizer's ``model_max_length`` where set, else 2048."""
-    cfg = getattr(config, "text_config", None) or config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, name, None)
-        if value is not None:
-            return int(value)
-    limit = getattr(tokenizer, "model_max_length", None)
-    if limit is not None and limit != TOKENIZER_INFINITY:
-        return int(limit)
-    return default
-
-
-def fit_pairs(pairs: list[tuple[list[int], list[int]]], limit: int,
-              truncated: dict[str, int]) -> tuple[list[list[int]], list[int]]:
-    """Each ``context + continuation`` cut to its last ``limit`` tokens (as lm-evaluation-harness truncates on the
-    left; cuts counted in ``truncated["score"]``), and how many of its last tokens are the continuation's (all of
-    them whenever the continuation fits, one token of context kept)."""
-    encoded, widths = [], []
-    for context, continuation in pairs:
-        seq = list(context) + list(continuation)
-        if len(seq) > limit:
-            truncated["score"] += 1
-            seq = seq[-limit:]
-        encoded.append(seq)
-        widths.append(min(len(continuation), len(seq) - 1))
-    return encoded, widths
-
-
 class _ChunkedHead:
     """Scoring without the full ``[batch, tokens, vocabulary]`` logits: the model runs with
     ``logits_to_keep=1``, a hook keeps its last hidden states, and the output layer (with the logit
@@ -373,27 +297,3 @@ class _ChunkedHead:
         reference = model(input_ids=ids, attention_mask=mask).logits.float()
         mine = self.logits(self.hidden(model, ids, mask)).float()
         self.verified = mine.shape == reference.shape and bool(torch.allclose(mine, reference, rtol=1e-3, atol=1e-3))
-
-
-def _vllm(*args: Any, **kwargs: Any) -> InferenceEngine:
-    from .vllm_engine import VLLMEngine
-
-    return VLLMEngine(*args, **kwargs)
-
-
-ENGINES: dict[str, Callable[..., InferenceEngine]] = {"hf": Engine, "vllm": _vllm}
-"""``--engine`` names: ``hf`` runs the model with transformers (every quantizer's model is a transformers
-model); ``vllm`` serves the variant's weights from a folder with vLLM (see :mod:`.vllm_engine`). Add a
-backend by implementing :class:`InferenceEngine` and registering it here."""
-
-
-@dataclass(frozen=True)
-class TokenStats:
-    """Per-position figures of one scored text (positions 1..n-1)."""
-
-    logprobs: np.ndarray
-    """log p of the actual next token."""
-    mu: np.ndarray
-    """E_z[log p(z)] over the vocabulary."""
-    sigma: np.ndarray
-    """Standard deviation of log p(z) over the vocabulary (variance clamped at 1e-6, as open-unlearning does)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RuntimeFailure, UnsafeModelError
+from ..errors import InputError, RuntimeFailure, UnsafeModelError
 from .hub import ResolvedRepo
 from .widen import widen_in_place, widen_route
 
@@ -59,7 +59,7 @@ def restorable(model: Any, folder: Path) -> bool:
     """Whether every linear weight of ``model`` is stored in ``folder``'s safetensors, under its own name or
     that of the parameter it is tied to (so :func:`restore_weights` can undo an in-place quantization
     without a second copy of the model)."""
-    from .weights import tensor_index
+    from ..quantize.diagnostic import tensor_index
 
     if offloaded(model):
         return False
@@ -82,7 +82,7 @@ def restore_weights(model: Any, folder: Path) -> None:
     Call only where :func:`restorable` holds."""
     import torch
 
-    from .weights import load_tensor, tensor_index
+    from ..quantize.diagnostic import load_tensor, tensor_index
 
     index = tensor_index(folder)
     with torch.no_grad():
@@ -124,7 +124,7 @@ def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, la
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
-    from .noise import quiet_third_party
+    from ..support.noise import quiet_third_party
 
     quiet_third_party()  # loading a model imports torchao, which warns about its optional CUDA kernels
     hf_logging.disable_progress_bar()  # our own progress display is the one on stderr

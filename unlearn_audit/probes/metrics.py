@@ -1,7 +1,7 @@
 """Every metric an audit can report, declared once: what it is computed from, which way means "knows the forget
 set", the reference it falls back to when no reference model was probed, its unit, and whether the verdict judges it.
 
-Recovery and residual shares are ratios of differences (see :mod:`unlearn_audit.analysis`), so they read the same
+Recovery and residual shares are ratios of differences (see :mod:`unlearn_audit.analysis.figures`), so they read the same
 whichever way a metric points: a metric where *lower* means more knowledge (TOFU's forget truth ratio) gives the
 same shares as one where higher does. The direction is declared for the reports.
 """

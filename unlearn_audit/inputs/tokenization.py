@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 from .hub import TOKENIZER_FILES, ResolvedRepo, resolve
 from .models import has_tokenizer, load_tokenizer
 
