@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import torch
 
-from unlearn_audit.analysis.scoring import min_k_score, rouge_l
+from unlearn_audit.probes.scoring import min_k_score, rouge_l
 from unlearn_audit.engines.hf import HFEngine as Engine
 from unlearn_audit.inputs.data import load_forget_data
 from unlearn_audit.inputs.hub import resolve
@@ -97,7 +97,7 @@ def figures(out: dict[str, list], data, tokenizer) -> dict[str, float]:  # noqa:
     refs = [muse.reference_cut(tokenizer, r, 128) for r in data.verbmem_refs]
     n_forget = len(data.privleak_forget)
     mink = np.array([min_k_score(lp, 0.4) for lp in out["privleak"]])
-    from unlearn_audit.analysis.scoring import auc_forget_vs_holdout
+    from unlearn_audit.analysis.statistics import auc_forget_vs_holdout
     return {
         "VerbMem": 100 * float(np.mean([rouge_l(r, g).f1 for r, g in zip(refs, out["verbmem"])])),
         "KnowMem forget": 100 * float(np.mean([rouge_l(a, g).f1 for a, g in

@@ -195,7 +195,7 @@ def test_muse_metrics_equal_muses_own_code(name, muse_peer, world):
     """MUSE's own ``metrics/*.py`` (stored outputs, ``benchmarks/peers/muse_eval.py``) against the tool's MUSE probes
     at the default ``--flavour muse``: every VerbMem and KnowMem generation and ROUGE-L F1 equal, every Min-40% within
     1e-4, the forget/holdout AUC equal."""
-    from unlearn_audit.analysis.scoring import auc_forget_vs_holdout
+    from unlearn_audit.analysis.statistics import auc_forget_vs_holdout
     from unlearn_audit.probes import muse
 
     theirs, data = muse_peer

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from unlearn_audit.analysis.scoring import (Interval, auc_forget_vs_holdout, batched_auc, min_k_score,
-                                            percentile_interval, rouge_l, share)
+from unlearn_audit.analysis.statistics import Interval, auc_forget_vs_holdout, batched_auc, percentile_interval, share
+from unlearn_audit.probes.scoring import min_k_score, rouge_l
 
 
 def test_rouge_l_by_hand():
@@ -109,7 +109,7 @@ def test_percentile_interval_and_undefined_share():
 def test_min_k_plus_plus_by_hand():
     # position 1: p = (.5, .5), token 0 -> mu = ln .5, sigma clamped to 1e-3 -> z = 0
     # position 2: p = (.9, .1), token 1 -> z = (ln .1 - mu) / sigma = -sqrt(.9/.1) = -3 (Bernoulli)
-    from unlearn_audit.analysis.scoring import min_k_plus_plus_score
+    from unlearn_audit.probes.scoring import min_k_plus_plus_score
 
     lp = np.log([0.5, 0.1])
     mu = np.array([np.log(0.5), 0.9 * np.log(0.9) + 0.1 * np.log(0.1)])
@@ -126,7 +126,7 @@ def test_engine_computes_min_k_plus_plus_statistics_from_logits():
 
     import torch
 
-    from unlearn_audit.analysis.scoring import min_k_plus_plus_score
+    from unlearn_audit.probes.scoring import min_k_plus_plus_score
     from unlearn_audit.engines.hf import HFEngine as Engine
 
     class Stub(torch.nn.Module):
@@ -155,7 +155,7 @@ def test_engine_computes_min_k_plus_plus_statistics_from_logits():
 def test_zlib_score_by_hand():
     import zlib
 
-    from unlearn_audit.analysis.scoring import zlib_score
+    from unlearn_audit.probes.scoring import zlib_score
 
     text = "the same words the same words"
     assert zlib_score(np.array([-1.0, -3.0]), text) == pytest.approx(2.0 / len(zlib.compress(text.encode())))
@@ -164,7 +164,7 @@ def test_zlib_score_by_hand():
 def test_tpr_at_low_fpr_matches_the_roc_curve():
     from sklearn.metrics import roc_curve
 
-    from unlearn_audit.analysis.scoring import tpr_at_fpr
+    from unlearn_audit.analysis.statistics import tpr_at_fpr
 
     # by hand: one false positive allowed of 4 holdout texts -> flag scores below 2 -> 2 of 3 forget texts
     assert tpr_at_fpr(np.array([0.1, 0.2, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]), 0.25) == pytest.approx(2 / 3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unlearn_audit.analysis.figures import FULL, Analysis, Reference, Share, analyse
-from unlearn_audit.analysis.scoring import Interval
+from unlearn_audit.analysis.statistics import Interval
 from unlearn_audit.analysis.verdict import Decision, decide
 from unlearn_audit.config import Thresholds
 from unlearn_audit.probes.base import ItemScore, ProbeOutput

@@ -30,7 +30,7 @@ import numpy as np
 from ..probes.base import ProbeOutput
 from ..probes.metrics import METRICS, direction
 from ..probes.metrics import min_gap as gap_for
-from .scoring import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
+from .statistics import Interval, batched_auc, batched_tpr_at_fpr, bootstrap_indices, percentile_interval, share
 
 FULL = "full"
 """Variant label of the unquantized model."""

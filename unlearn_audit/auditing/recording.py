@@ -14,7 +14,7 @@ from ..analysis.figures import Analysis, analyse
 from ..analysis.verdict import decide
 from ..config import AuditConfig
 from ..report.record import AuditReport
-from ..report.render import variant_name
+from ..report.names import variant_name
 from ..support.resources import peak_accelerator_mb, peak_rss_mb
 from ..version import __version__
 from .environment import library_versions

@@ -25,7 +25,7 @@ from ..probes.registry import probes_for
 from ..quantize import Quantizer
 from ..quantize.base import library_failures
 from ..report.record import VariantRun
-from ..report.render import variant_name
+from ..report.names import variant_name
 from ..support.home import default_dir
 from ..support.memory import release_freed
 from .cache import CachedRun, ResultCache, texts_digest

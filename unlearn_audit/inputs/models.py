@@ -59,7 +59,7 @@ def restorable(model: Any, folder: Path) -> bool:
     """Whether every linear weight of ``model`` is stored in ``folder``'s safetensors, under its own name or
     that of the parameter it is tied to (so :func:`restore_weights` can undo an in-place quantization
     without a second copy of the model)."""
-    from ..quantize.diagnostic import tensor_index
+    from .checkpoint import tensor_index
 
     if offloaded(model):
         return False
@@ -82,7 +82,7 @@ def restore_weights(model: Any, folder: Path) -> None:
     Call only where :func:`restorable` holds."""
     import torch
 
-    from ..quantize.diagnostic import load_tensor, tensor_index
+    from .checkpoint import load_tensor, tensor_index
 
     index = tensor_index(folder)
     with torch.no_grad():

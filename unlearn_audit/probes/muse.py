@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ..analysis.scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
+from .scoring import min_k_plus_plus_score, min_k_score, rouge_l, zlib_score
 from ..engines.base import Advance
 from ..engines.base import InferenceEngine as Engine
 from ..inputs.data import QASet

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.scoring import rouge_l
+from .scoring import rouge_l
 from ..engines.base import Advance
 from ..engines.base import InferenceEngine as Engine
 from ..inputs.data import TofuItems

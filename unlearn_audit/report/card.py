@@ -19,7 +19,7 @@ TASK_NAME = "Machine unlearning audit (unlearn-audit)"
 
 def card_section(report: dict[str, Any]) -> str:
     """A self-contained Markdown section, between markers so a later audit can replace it."""
-    from .render import variant_name
+    from .names import variant_name
 
     verdict = report["verdict"]
     model = report["models"]["unlearned"]["repo"]

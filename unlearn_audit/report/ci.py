@@ -7,6 +7,7 @@ from typing import Any
 
 from ..analysis.figures import METRIC_LABELS
 from ..support.formatting import percent
+from .names import variant_name
 from .record import judged_recoveries
 
 
@@ -56,8 +57,6 @@ def render_junit(report: dict[str, Any]) -> str:
 
 def render_step_summary(report: dict[str, Any]) -> str:
     """A short Markdown block for ``$GITHUB_STEP_SUMMARY``: the verdict and the recovery table."""
-    from .render import variant_name
-
     verdict = report["verdict"]
     icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}[verdict["decision"]]
     lines = [f"### {icon} unlearn-audit {verdict['decision']}: `{report['models']['unlearned']['repo']['reference']}`",

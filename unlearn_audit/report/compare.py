@@ -44,7 +44,8 @@ def compare_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render_compare(records: list[dict[str, Any]], fmt: str) -> str:
-    from .render import _env, variant_name
+    from .names import variant_name
+    from .render import _env
 
     template = _env(fmt == "html").get_template(f"compare.{fmt}.j2")
     values, recoveries = columns(records)

@@ -1,0 +1,37 @@
+"""How every view names a variant: the long name for tables and sentences, the short one for chart axes."""
+
+from __future__ import annotations
+
+from ..analysis.figures import FULL
+
+
+def variant_name(label: str) -> str:
+    """Human name of a variant label: ``rtn:4:g128`` -> ``4-bit RTN (rtn:4:g128)``."""
+    if label == FULL:
+        return "full precision"
+    parts = label.split(":")
+    if parts[0] == "rtn" and len(parts) > 1:
+        return f"{parts[1]}-bit RTN ({label})"
+    if parts[0] == "bnb" and len(parts) > 1:
+        return {"fp4": "4-bit bitsandbytes FP4", "nf4": "4-bit bitsandbytes NF4",
+                "int8": "8-bit LLM.int8"}.get(parts[1], "bitsandbytes") + f" ({label})"
+    if parts[0] in ("gptq", "awq") and len(parts) > 1:
+        return f"{parts[1]}-bit {parts[0].upper()} ({label})"
+    if parts[0] == "gguf" and len(parts) > 1:
+        return f"GGUF {parts[1].upper()} ({label})"
+    if parts[0] == "published" and len(parts) > 1:
+        repo, _, file = label.removeprefix("published:").rpartition("/")
+        return f"published {file} ({repo})"
+    return label
+
+
+def short_variant(label: str) -> str:
+    """Axis label of a variant: fp (full precision), r4 (rtn:4...), fp4 / nf4 (bnb), i8 (bnb:int8)."""
+    if label == FULL:
+        return "fp"
+    parts = label.split(":")
+    if parts[0] == "rtn":
+        return f"r{parts[1]}"
+    if parts[0] == "bnb":
+        return {"int8": "i8"}.get(parts[1], parts[1]) + ("dq" if "dq" in parts else "")
+    return parts[0][:4]
