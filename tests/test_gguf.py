@@ -173,7 +173,8 @@ def test_block_codes_rebuild_ggmls_own_values(kind):
 def test_file_comparison_equals_the_fitted_grid_comparison_on_q4_0(world, tmp_path):
     """Two independent routes to the Q4_0 diagnostic agree: the fixed-grid fit of the checkpoints' weights and
     the block-by-block comparison of the two files llama.cpp wrote."""
-    from unlearn_audit.quantize.diagnostic import gguf_diff, weight_diff
+    from unlearn_audit.quantize.diagnostic import weight_diff
+    from unlearn_audit.quantize.kept_checkpoints import gguf_diff
     from unlearn_audit.quantize.gguf import GGUFQuantizer
 
     u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..config import AuditConfig
 from ..errors import InputError
-from ..quantize.diagnostic import compare_kept, weight_diff
+from ..quantize.diagnostic import weight_diff
+from ..quantize.kept_checkpoints import compare_kept
 from .planning import Plan
 from .reporter import Reporter
 from .scratch import compared_after, saved_checkpoint

@@ -349,12 +349,12 @@ class GGUFQuantizer:
         return self.kind in LEGACY
 
     kept_as = "gguf"
-    """How the diagnostic reads the two kept checkpoints (see ``diagnostic.compare_kept``)."""
+    """How the diagnostic reads the two kept checkpoints (see ``kept_checkpoints.compare_kept``)."""
 
     @property
     def compared_after(self) -> bool:
         """The k-quants and mixes: the audit keeps both models' quantized files and the diagnostic compares
-        their blocks afterwards (``diagnostic.gguf_diff``), as for GPTQ/AWQ."""
+        their blocks afterwards (``kept_checkpoints.gguf_diff``), as for GPTQ/AWQ."""
         return self.kind not in LEGACY
 
     @property
