@@ -5,6 +5,7 @@ the quantized models are identical; everywhere else the probes decide."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -225,6 +226,25 @@ def test_miniature_fragile_robust_and_nudged(world, tmp_path):
     assert robust["rtn:4:g128"]["reading"] == "probes decide"
     assert nudged["rtn:4:g128"]["same_code_of_moved"] >= 0.99
     assert nudged["rtn:4:g128"]["reading"] == "probes decide"  # 99.9% of the levels equal is not identical
+
+
+def test_diff_tables_fit_80_columns_and_cut_nothing(world):
+    """The totals and the per-layer tables at 80 columns: no line wider, no header or cell cut with an ellipsis."""
+    from rich.console import Console
+
+    from unlearn_audit.cli.inspect import diff_table
+
+    u = resolve("miniature/fragile", cache_dir=world.hub_cache, offline=True)
+    o = resolve("miniature/original", cache_dir=world.hub_cache, offline=True)
+    record = weight_diff(u.path, o.path, parse_variants(["rtn:4", "bnb:nf4"]), labels=(u.reference, o.reference)).as_dict()
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(diff_table(record, layers=True))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for header in ("quantizer", "layer", "moved", "same", "grid", "kept", "cos", "flips", "reading"):
+        assert header in text
+    assert "0.attn.q_proj" in text and "recovery certain" in text
 
 
 def test_diff_command(world, tmp_path):

@@ -18,7 +18,7 @@ from .common import (CacheOpt, DeviceOpt, FormatOpt, MaxItemsOpt, OutOpt, QuantO
 
 @app.command()
 def check(
-    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id (org/name) or local folder.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The unlearned model: Hub id (org/name) or local folder.")],
     forget: Annotated[Optional[str], typer.Option(
         "--forget", help="Forget set: a preset (news, books: MUSE; tofu[:SPLIT], e.g. tofu:forget05; wmdp-bio, "
                          "wmdp-cyber, wmdp-chem), a dataset repo id or a folder.")] = None,

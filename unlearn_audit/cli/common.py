@@ -14,9 +14,11 @@ from rich.console import Console
 from ..errors import AuditError, ExitCode, UsageError
 from ..support.progress import PlainReporter, RichReporter, reporter_for
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help as plain text, in click's layout (flags without a type column, no markup to decode)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Audit 'unlearned' language models: does quantization bring the forgotten knowledge back?")
-spec_app = typer.Typer(help="Write, check and inspect forget-set specs (unlearn_audit.yaml).", no_args_is_help=True)
+spec_app = typer.Typer(help="Write, check and inspect forget-set specs (unlearn_audit.yaml).", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(spec_app, name="spec")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -25,7 +27,7 @@ T = TypeVar("T")
 # Shared option types (reused by every command that takes them).
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.md, report.html.")]
 QuantOpt = Annotated[list[str], typer.Option(
-    "--quant", "-q", help="Quantized variants to test, comma-separated: rtn:BITS[:gN][:sym][:head]. See `quantizers`.")]
+    "--quant", "-q", metavar="VARIANTS", help="Quantized variants to test, comma-separated: rtn:BITS[:gN][:sym][:head]; see: unlearn-audit quantizers.")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Report formats, comma-separated: json,md,html.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Hugging Face Hub cache to resolve from (default: HF_HUB_CACHE / HF_HOME).")]

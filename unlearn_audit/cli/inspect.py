@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,7 @@ from .common import CacheOpt, DeviceOpt, QuantOpt, _split, app, guarded, out, re
 
 @app.command()
 def diff(
-    model: Annotated[str, typer.Argument(help="The unlearned model: Hub id or local folder.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The unlearned model: Hub id or local folder.")],
     original: Annotated[str, typer.Option("--original", help="The model it was unlearned from.")],
     quant: QuantOpt = ["rtn:4,rtn:8,bnb:fp4,bnb:nf4,bnb:int8"],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
@@ -56,25 +57,26 @@ def diff(
     raise typer.Exit(guarded(run))
 
 
+def _layer_name(name: str) -> str:
+    """A linear layer's name as short as it stays clear: ``model.layers.3.self_attn.q_proj.weight`` -> ``3.attn.q_proj``."""
+    short = re.sub(r"^(model\.|transformer\.|gpt_neox\.)*(decoder\.)?(layers|h|blocks)\.", "", name.removesuffix(".weight"))
+    return short.replace("self_attn.", "attn.")
+
+
 def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
-    """The weight diagnostic as a rich table (totals, and every layer when asked), narrow enough for 80 columns."""
+    """The weight diagnostic as rich tables that fit 80 columns: the totals, and with ``layers`` one table of every
+    layer per quantizer (layer names shortened; nothing is cut: long labels and readings wrap)."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=f"{record['unlearned']} vs {record['original']}, compared in {record['compare_dtype']}")
-    columns = (("quantizer", "layer") if layers else ("quantizer",)) + (
-        "moved", "same", "grid", "kept", "cos", "flips", "reading")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("quantizer", "layer", "reading") else "right",
-                         no_wrap=column in ("quantizer", "moved", "same", "grid", "kept", "cos", "flips"))
-    others = record.get("others_moved") or []
-    table.caption = ("moved: share of linear weights unlearning changed; same: of those, share whose level in "
-                     "Q(unlearned) equals Q(original)'s; grid: mean change of the groups' scales; kept: "
-                     "<Q(u)-Q(o), u-o>/|u-o|^2, the share of the update quantization keeps; cos: its cosine with the "
-                     "update; flips: changed levels against those expected if each weight sat at a random place "
-                     "in its cell. Reading: recovery certain only where the quantized models are identical; "
-                     "otherwise the probes decide. "
-                     + (f"{len(others)} tensors no quantizer here changes (embeddings, norms, lm_head...) also moved. "
-                        if others else "") + "See README, weight-level diagnostic.")
+    def table(title: str, first: str) -> Table:
+        t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in (first, "moved", "same", "grid", "kept", "cos", "flips", "reading"):
+            numeric = column not in (first, "reading")
+            t.add_column(column, justify="right" if numeric else "left", no_wrap=numeric,
+                         overflow="fold" if column == first else "ellipsis")
+        return t
 
     def pct(x: float | None, digits: int = 1) -> str:
         return "n/a" if x is None else f"{x * 100:.{digits}f}%"
@@ -87,13 +89,26 @@ def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
                 d.get("scale_change_max"))), num(d.get("kept")), num(d.get("cosine")),
                 num(d.get("flip_ratio")), d.get("reading", "identical" if d.get("identical") else "")]
 
+    totals = table(f"{record['unlearned']} vs {record['original']}, compared in {record['compare_dtype']}", "quantizer")
+    others = record.get("others_moved") or []
+    totals.caption = ("moved: share of linear weights unlearning changed; same: of those, share whose level in "
+                      "Q(unlearned) equals Q(original)'s; grid: mean change of the groups' scales; kept: "
+                      "<Q(u)-Q(o), u-o>/|u-o|^2, the share of the update quantization keeps; cos: its cosine with the "
+                      "update; flips: changed levels against those expected if each weight sat at a random place "
+                      "in its cell. Reading: recovery certain only where the quantized models are identical; "
+                      "otherwise the probes decide. "
+                      + (f"{len(others)} tensors no quantizer here changes (embeddings, norms, lm_head...) also moved. "
+                         if others else "") + "See the docs, weight-level diagnostic.")
+    shown = [totals]
     for label in record["quantizers"]:
-        if layers:
-            for row in record["layers"].get(label, []):
-                table.add_row(label, row["name"], *cells(row))
         if label in record["overall"]:
-            table.add_row(label, *(["[bold]all[/]"] if layers else []), *cells(record["overall"][label]))
-    return table
+            totals.add_row(label, *cells(record["overall"][label]))
+        if layers and record["layers"].get(label):
+            per_layer = table(f"{label}, layer by layer", "layer")
+            for row in record["layers"][label]:
+                per_layer.add_row(_layer_name(row["name"]), *cells(row))
+            shown.append(per_layer)
+    return Group(*shown)
 
 
 @app.command()
@@ -109,7 +124,7 @@ def quantizers() -> None:
 
 @app.command()
 def probes() -> None:
-    """List the probes of each benchmark (muse, tofu, wmdp: the spec's ``benchmark``), in the order an audit runs them,
+    """List the probes of each benchmark (muse, tofu, wmdp: the spec's benchmark field), in the order an audit runs them,
     and the forget data each reads."""
     from rich.markup import escape
 

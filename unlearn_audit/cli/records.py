@@ -14,7 +14,7 @@ from .common import FormatOpt, OutOpt, _split, app, guarded, out
 
 @app.command()
 def report(
-    record: Annotated[Path, typer.Argument(help="A report.json written by an audit.")],
+    record: Annotated[Path, typer.Argument(metavar="RECORD", help="A report.json written by an audit.")],
     formats: FormatOpt = "html,md",
     out_dir: OutOpt = Path("."),
 ) -> None:
@@ -35,7 +35,7 @@ def report(
 
 @app.command()
 def card(
-    record: Annotated[Path, typer.Argument(help="A report.json written by an audit.")],
+    record: Annotated[Path, typer.Argument(metavar="RECORD", help="A report.json written by an audit.")],
     push: Annotated[Optional[str], typer.Option(
         "--push", help="Model repo to update: uploads the reports and the card change as a pull request.")] = None,
     direct: Annotated[bool, typer.Option(help="With --push: commit to the main branch instead of opening a PR.")] = False,
@@ -70,7 +70,7 @@ def schema() -> None:
 
 @app.command()
 def compare(
-    records: Annotated[list[Path], typer.Argument(help="Two or more report.json files.")],
+    records: Annotated[list[Path], typer.Argument(metavar="RECORDS", help="Two or more report.json files.")],
     formats: FormatOpt = "md,html",
     out_dir: OutOpt = Path("."),
 ) -> None:

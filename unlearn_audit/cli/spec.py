@@ -37,7 +37,7 @@ def spec_init(
 
 
 @spec_app.command("validate")
-def spec_validate(path: Annotated[Path, typer.Argument(help="A spec file.")]) -> None:
+def spec_validate(path: Annotated[Path, typer.Argument(metavar="PATH", help="A spec file.")]) -> None:
     """Check a spec file: YAML syntax, known keys, version. Exit 0 when valid, 2 when not."""
 
     def run() -> int:
@@ -52,14 +52,14 @@ def spec_validate(path: Annotated[Path, typer.Argument(help="A spec file.")]) ->
 
 @spec_app.command("show")
 def spec_show(
-    model: Annotated[str, typer.Argument(help="The unlearned model (Hub id or folder) whose spec to show.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The unlearned model (Hub id or folder) whose spec to show.")],
     forget: Annotated[Optional[str], typer.Option("--forget", help="As for check.")] = None,
     spec: Annotated[Optional[Path], typer.Option("--spec", help="As for check.")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision")] = None,
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Resolve from the local cache only.")] = False,
 ) -> None:
-    """Show the spec `check` would use for MODEL, and where it was found."""
+    """Show the spec unlearn-audit check would use for MODEL, and where it was found."""
 
     def run() -> int:
         import yaml
