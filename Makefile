@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install gguf vllm test test-all demo browser
+.PHONY: install gguf vllm test test-all demo browser docs
 
 # llama.cpp (for gguf variants) is built from llama-cpp-python's sdist: only the library, not its tools (~3 min on 2 cores).
 LLAMA_CMAKE := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
@@ -33,6 +33,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium not installed: the browser tests will be skipped (see the pytest summary)"
+
+# The manual (docs/) as a static site in site/ (the suite builds it too, strict).
+docs:
+	$(PYTHON) -m mkdocs build --strict --site-dir site
 
 test-all: install
 	$(PYTHON) -m pytest

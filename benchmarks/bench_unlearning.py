@@ -7,7 +7,7 @@ the probes, the loss screen, the weight diagnostic) and one row per run is print
 precision, what each 4-bit variant brings back (net of the reference model's own move where there is one), what the
 loss screen says, and what the diagnostic reads.
 
-    python benchmarks/bench_unlearning.py                     # the MUSE miniature's original (1.6M), the README grid
+    python benchmarks/bench_unlearning.py                     # the MUSE miniature's original (1.6M), the grid of docs/real-runs.md
     python benchmarks/bench_unlearning.py --model smollm2     # SmolLM2-135M-Instruct fine-tuned on 8 forget stories
     python benchmarks/bench_unlearning.py --runs ga_gdr:1e-4:float32,npo_gdr:1e-5:bfloat16 --quant rtn:4,bnb:nf4
 
@@ -238,7 +238,7 @@ def agreement(rows: list[dict], quant: list[str]) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("miniature", "smollm2"), default="miniature")
-    parser.add_argument("--runs", default=None, help="method:lr:dtype,... (default: the README's grid for --model)")
+    parser.add_argument("--runs", default=None, help="method:lr:dtype,... (default: the grid of docs/real-runs.md for --model)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each run (default: 10, MUSE's)")
     parser.add_argument("--quant", default=FOUR_BIT)
     parser.add_argument("--finetune-steps", type=int, default=32)

@@ -1,5 +1,5 @@
 """Memory you can state: chunked scoring gives the model's own numbers, batches follow the token budget,
-and the README's peak-memory formula holds when measured (and fails for the unchunked scorer)."""
+and the peak-memory formula of docs/speed.md holds when measured (and fails for the unchunked scorer)."""
 
 from __future__ import annotations
 

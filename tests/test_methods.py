@@ -117,7 +117,7 @@ def test_runs_are_seeded_leave_the_original_alone_and_bfloat16_drops_small_steps
 
 def test_the_worlds_real_runs_forget_and_4bit_brings_nothing_back(world, tmp_path):
     """The MUSE miniature's checkpoints made by real methods (GA_GDR, NPO_GDR at lr 1e-4, MUSE's recipe): they forget
-    at full precision, 4-bit RTN and the paper's bitsandbytes FP4 bring back under a quarter of it (the README's grid
+    at full precision, 4-bit RTN and the paper's bitsandbytes FP4 bring back under a quarter of it (the grid of docs/real-runs.md
     measured at most +2% of VerbMem under RTN-4, NF4 and Q4_K_M), the loss screen agrees, and the diagnostic leaves
     the question to the probes."""
     from typer.testing import CliRunner

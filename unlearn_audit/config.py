@@ -17,7 +17,7 @@ KNOWN_FORMATS = ("json", "md", "html", "junit")
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Verdict policy thresholds (shares in [0, 1]); see README "Verdicts"."""
+    """Verdict policy thresholds (shares in [0, 1]); see docs/verdict.md."""
 
     max_recovery: float = 0.25
     """FAIL when a quantized variant brings back more than this share of what unlearning removed."""

@@ -4,7 +4,7 @@ Each class carries its process exit code; each instance carries a one-line messa
 problem and a ``fix`` naming what to do about it. The CLI prints ``str(error)`` (message and fix on
 one line) and exits with ``error.exit_code``; tracebacks appear only with ``UNLEARN_AUDIT_DEBUG=1``.
 
-Exit codes (documented in README.md; a CI gate depends on them):
+Exit codes (documented in README.md and docs/ci.md; a CI gate depends on them):
 
 * 0 PASS, 1 FAIL, 4 INCONCLUSIVE: verdicts, see :mod:`unlearn_audit.analysis.verdict`;
 * 2 bad usage or bad input (:class:`UsageError`, :class:`InputError`);

