@@ -53,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from unlearn_audit.quantize import parse_variants
-    from unlearn_audit.quantize.diagnostic import comparable_layers, linear_shapes, tensor_shapes, weight_diff
+    from unlearn_audit.inputs.checkpoint import linear_shapes, tensor_shapes
+    from unlearn_audit.quantize.diagnostic import comparable_layers, weight_diff
     from unlearn_audit.support.home import home
     from unlearn_audit.support.resources import peak_rss_mb
 

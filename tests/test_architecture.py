@@ -66,3 +66,24 @@ def test_a_planted_circle_or_upward_import_breaks_a_contract(tmp_path, module, l
     assert done.returncode != 0
     verdicts = [row for row in done.stdout.splitlines() if row.startswith(broken) and row.endswith(("KEPT", "BROKEN"))]
     assert verdicts and all(row.endswith("BROKEN") for row in verdicts), done.stdout[-3000:]
+
+
+def test_the_public_api_is_where_it_was():
+    """``unlearn_audit.audit``, ``write_reports``, ``AuditConfig`` and the record types unchanged; the old
+    ``unlearn_audit.pipeline`` still works and says where the audit moved."""
+    import importlib
+    import warnings
+
+    import unlearn_audit
+    from unlearn_audit import auditing
+    from unlearn_audit.report import record
+
+    assert unlearn_audit.audit is auditing.audit and unlearn_audit.write_reports is auditing.write_reports
+    assert unlearn_audit.AuditReport is record.AuditReport and unlearn_audit.read_report is record.read_report
+    sys.modules.pop("unlearn_audit.pipeline", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline = importlib.import_module("unlearn_audit.pipeline")
+    assert pipeline.audit is auditing.audit and pipeline.write_reports is auditing.write_reports
+    assert any(issubclass(w.category, DeprecationWarning) and "unlearn_audit.auditing" in str(w.message)
+               for w in caught)
