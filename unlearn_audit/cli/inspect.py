@@ -111,26 +111,35 @@ def diff_table(record: dict, *, layers: bool = False):  # noqa: ANN201
     return Group(*shown)
 
 
+def _entry(head: str, lines: list[str]) -> None:
+    """A listing entry: its head in bold, then each line indented by two (wrapped lines stay indented)."""
+    import textwrap
+
+    from rich.markup import escape
+
+    out.print(f"[bold]{escape(head)}[/]")
+    width = max(40, min(out.width, 100))
+    for line in lines:
+        out.print(escape(textwrap.fill(line, width=width, initial_indent="  ", subsequent_indent="  ")),
+                  soft_wrap=True)
+
+
 @app.command()
 def quantizers() -> None:
     """List the quantization methods, their --quant syntax and what each needs."""
-    from rich.markup import escape
-
     from ..quantize import METHODS
 
     for info in METHODS.values():
-        out.print(f"[bold]{info.name}[/]  e.g. {info.example}\n  {escape(info.summary)}\n  needs: {escape(info.needs)}")
+        _entry(f"{info.name}  e.g. {info.example}", [info.summary, f"needs: {info.needs}"])
 
 
 @app.command()
 def probes() -> None:
     """List the probes of each benchmark (muse, tofu, wmdp: the spec's benchmark field), in the order an audit runs them,
     and the forget data each reads."""
-    from rich.markup import escape
-
     from ..probes.registry import PROBES
 
     for info in PROBES.values():
         runs = "always" if info.required else "when its data is present"
-        out.print(f"[bold]{info.name}[/]  ({info.benchmark}: {info.kind}, {runs})\n  {escape(info.summary)}\n"
-                  f"  reads: {', '.join(info.needs)}")
+        reads = f"reads: {', '.join(info.needs)}" if info.needs else "reads: the texts its summary names"
+        _entry(f"{info.name}  ({info.benchmark}: {info.kind}, {runs})", [info.summary, reads])
