@@ -33,7 +33,7 @@ def test_fragile_checkpoint_fails_because_4bit_brings_memory_back(audits):
     assert result.exit_code == 1, result.output
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html"}
     record = _record(out)
-    assert record["schema_version"] == 3
+    assert record["schema_version"] == 4
     assert record["verdict"]["decision"] == "FAIL"
     for metric in ("verbmem_f", "knowmem_f"):
         assert _recovery(record, metric, "rtn:4:g128")["value"] >= 0.8
@@ -148,6 +148,8 @@ OUR_LINES = re.compile(r"^(fetching the weights of |weight diagnostic|loading \w
     ["check", "miniature/fragile", "--quant", "rtn:4,bnb:fp4,gptq:4,awq:4", "--max-items", "2", "--min-items", "1",
      "--no-cache"],
     ["demo", "--quant", "rtn:4"],
+    ["check", "miniature/fragile", "--quant", "rtn:4", "--attack", "relearn-unrelated:r8:e1:n2,prune:0.2",
+     "--max-items", "2", "--min-items", "1", "--no-cache"],  # peft imports GPT-QModel on first use
 ])
 def test_only_our_own_lines_reach_the_terminal(world, tmp_path, command):
     """With every extra installed (GPT-QModel brings torchao), no third-party warning reaches stdout or stderr."""

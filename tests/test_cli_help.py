@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from unlearn_audit.cli import app
 
-COMMANDS = [[], ["check"], ["screen"], ["demo"], ["miniature"], ["diff"], ["quantizers"], ["probes"], ["report"],
+COMMANDS = [[], ["check"], ["screen"], ["demo"], ["miniature"], ["diff"], ["quantizers"], ["attacks"], ["probes"], ["report"],
             ["card"], ["schema"], ["compare"], ["spec"], ["spec", "init"], ["spec", "validate"], ["spec", "show"]]
 
 

@@ -176,6 +176,8 @@ class AuditConfig:
     """A preset name (``news``, ``books``), a dataset repo id, or a local dataset folder."""
     spec_path: Path | None = None
     quant: tuple[str, ...] = DEFAULT_QUANT
+    attack: tuple[str, ...] = ()
+    """Attacks of the tamper battery to run as variants too (``--attack``; see unlearn_audit.attacks); none by default."""
     out_dir: Path = Path("unlearn-audit-out")
     formats: tuple[str, ...] = DEFAULT_FORMATS
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -237,6 +239,7 @@ class AuditConfig:
             if data[key] is not None:
                 data[key] = str(data[key])
         data["quant"] = list(self.quant)
+        data["attack"] = list(self.attack)
         data["formats"] = list(self.formats)
         data["thresholds"]["judged"] = list(self.thresholds.judged)
         return data

@@ -29,6 +29,7 @@ from enum import Enum
 
 import numpy as np
 
+from ..attacks import ATTACKS
 from ..config import Thresholds
 from ..errors import ExitCode
 from ..probes.metrics import METRICS, min_gap
@@ -165,7 +166,9 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     if doubts:
         return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
     worst = max((s for s in recoveries if s.status == "ok"), key=lambda s: s.interval.value, default=None)
-    headline = ("Forgetting holds at full precision and under every tested quantization"
+    attacked = any(label.split(":")[0] in ATTACKS for label in names)
+    tested = "quantization and attack" if attacked else "quantization"
+    headline = (f"Forgetting holds at full precision and under every tested {tested}"
                 + (f" (largest recovery: {names.get(worst.variant or '', worst.variant)} on "
                    f"{METRIC_NOUNS[worst.metric]}, {_span(worst)})" if worst else "") + ".")
     return Verdict(Decision.PASS, headline, reasons)

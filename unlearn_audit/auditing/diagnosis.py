@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..attacks import is_attack
 from ..config import AuditConfig
 from ..errors import InputError
 from ..quantize.diagnostic import weight_diff
@@ -19,7 +20,8 @@ def diagnose(plan: Plan, config: AuditConfig, reporter: Reporter) -> dict[str, A
     """The weight-level diagnostic (no data needed)."""
     try:
         unlearned, original = plan.repos["unlearned"], plan.repos["original"]
-        result = weight_diff(unlearned.path, original.path, plan.quantizers,
+        quantizers = [q for q in plan.quantizers if not is_attack(q)]  # it compares grids, not attacks
+        result = weight_diff(unlearned.path, original.path, quantizers,
                              labels=(unlearned.reference, original.reference), run_dtype=config.resolved_dtype,
                              device=config.device if config.device_map is None else "cpu",
                              progress=lambda total: reporter.task("weight diagnostic (no data needed)", total))

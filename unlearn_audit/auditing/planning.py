@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.figures import Reference
+from ..attacks import parse_attacks
 from ..config import AuditConfig
 from ..errors import InputError, UsageError
 from ..inputs.adapters import MergedAdapter, adapter_base, is_adapter
@@ -117,7 +118,7 @@ def _offline() -> bool:
 
 def _quantizers(config: AuditConfig) -> list[Quantizer]:
     """The variants asked for, each library found (a missing one refused with its install command)."""
-    quantizers: list[Quantizer] = parse_variants(config.quant)
+    quantizers: list[Quantizer] = parse_variants(config.quant) + parse_attacks(config.attack)
     if any(isinstance(q, BnbQuantizer) for q in quantizers):
         quiet_bnb_warnings()
     for quantizer in quantizers:

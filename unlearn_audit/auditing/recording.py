@@ -13,8 +13,8 @@ from typing import Any
 from ..analysis.figures import Analysis, analyse
 from ..analysis.verdict import decide
 from ..config import AuditConfig
-from ..report.record import AuditReport
 from ..report.names import variant_name
+from ..report.record import AuditReport
 from ..support.resources import peak_accelerator_mb, peak_rss_mb
 from ..version import __version__
 from .environment import library_versions

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.figures import FULL, Outputs
+from ..attacks import is_attack
 from ..config import AuditConfig
 from ..engines import ENGINES
 from ..errors import RuntimeFailure
@@ -24,8 +25,8 @@ from ..probes.base import ProbeOutput
 from ..probes.registry import probes_for
 from ..quantize import Quantizer
 from ..quantize.base import library_failures
-from ..report.record import VariantRun
 from ..report.names import variant_name
+from ..report.record import VariantRun
 from ..support.home import default_dir
 from ..support.memory import release_freed
 from .cache import CachedRun, ResultCache, texts_digest
@@ -104,6 +105,8 @@ def _variant_model(quantizer: Quantizer, role: str, repo: ResolvedRepo, loaded: 
                              "that hold it whole")
     else:
         model = copy.deepcopy(loaded.model)
+    if is_attack(quantizer):  # the tamper battery: trained or edited in place, seeded
+        return model, quantizer.attack(model, loaded.tokenizer, config.probes.seed)
     kept: dict[str, Any] = {}  # GGUF: its files in the scratch folder, k-quants' kept to compare
     if getattr(quantizer, "writes_scratch", False) and scratch is not None:
         kept["workdir"] = scratch
@@ -154,8 +157,9 @@ def _label(quantizer: Quantizer | None) -> str:
     return FULL if quantizer is None else quantizer.label
 
 
-def _cache_keys(plan: Plan, role: str, cache: ResultCache, shared: dict[str, Any]) -> dict[str, str]:
-    """variant label -> the result cache's key of this model's run under it."""
+def _cache_keys(plan: Plan, role: str, cache: ResultCache, shared: dict[str, Any], seed: int) -> dict[str, str]:
+    """variant label -> the result cache's key of this model's run under it (an attack's with the seed it trains
+    with, which the probe settings leave out unless sampling)."""
     repo, tokenizer = plan.repos[role], plan.tokenizers[role]
     model_id = {"commit": repo.commit} if repo.commit else fingerprint_folder(repo.path)
     if tokenizer.repo.path != repo.path:
@@ -165,6 +169,8 @@ def _cache_keys(plan: Plan, role: str, cache: ResultCache, shared: dict[str, Any
         settings = None if quantizer is None else quantizer.settings()
         if quantizer is not None and quantizer.stage == "calibrate":
             settings = {**settings, "calibration": plan.calibration.describe()}
+        if is_attack(quantizer):
+            settings = {**settings, "seed": seed}
         keys[_label(quantizer)] = cache.key({"model": model_id, "variant": _label(quantizer), "settings": settings,
                                              **shared})
     return keys
@@ -236,7 +242,7 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
     result = Runs(outputs={}, runs=[], models={}, truncated={"generate": 0, "score": 0}, reused=[], computed=[],
                   engine_stats={}, cache_dir=None if cache.root is None else str(cache.root))
     for role in plan.repos:
-        keys = _cache_keys(plan, role, cache, shared)
+        keys = _cache_keys(plan, role, cache, shared, config.probes.seed)
         cached = {label: hit for label, key in keys.items() if (hit := cache.load(key)) is not None}
         derived = {q.label for q in plan.quantizers if q.stage == "published" and role != "unlearned"}
         loaded = None

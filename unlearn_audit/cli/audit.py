@@ -31,6 +31,10 @@ def check(
         "--tokenizer", help="Tokenizer for every model (Hub id or folder); default: each model's own, else the "
                             "spec's, else the original's.")] = None,
     quant: QuantOpt = list(DEFAULT_QUANT),
+    attack: Annotated[list[str], typer.Option(
+        "--attack", metavar="ATTACKS", help="Attacks of the tamper battery to run as variants too, comma-separated: "
+        "prune:FRACTION, relearn-unrelated[:rRANK:eEPOCHS:nSAMPLES:lrRATE], or battery (all); see: unlearn-audit "
+        "attacks.")] = [],
     out_dir: OutOpt = Path("unlearn-audit-out"),
     formats: FormatOpt = ",".join(DEFAULT_FORMATS),
     max_recovery: Annotated[float, typer.Option(help="FAIL when a variant recovers more than this share.")] = 0.25,
@@ -112,6 +116,7 @@ def _audit(o: dict, *, screen_only: bool) -> int:
     config = AuditConfig(
         model=o["model"], revision=o["revision"], original=o["original"], original_revision=o["original_revision"],
         tokenizer=o["tokenizer"], forget=o["forget"], spec_path=o["spec"], quant=_split(o["quant"]),
+        attack=_split(o["attack"]) if o["attack"] else (),
         out_dir=o["out_dir"], formats=_split(o["formats"]),
         thresholds=Thresholds(max_recovery=o["max_recovery"], max_residual=o["max_residual"], min_gap=o["min_gap"],
                               min_items=o["min_items"], judged=SCREEN_JUDGED if screen_only else JUDGED),

@@ -1,4 +1,5 @@
-"""Commands that look without auditing: diff (the weight diagnostic alone) and quantizers."""
+"""Commands that look without auditing: diff (the weight diagnostic alone), and the quantizers, attacks and probes
+the tool has."""
 
 from __future__ import annotations
 
@@ -131,6 +132,16 @@ def quantizers() -> None:
 
     for info in METHODS.values():
         _entry(f"{info.name}  e.g. {info.example}", [info.summary, f"needs: {info.needs}"])
+
+
+@app.command()
+def attacks() -> None:
+    """List the attacks of the tamper battery (--attack), their syntax, defaults and sources."""
+    from ..attacks import ATTACKS
+
+    for info in ATTACKS.values():
+        _entry(f"{info.name}  e.g. {info.example}", [info.summary, f"source: {info.source}"])
+    _entry("battery", ["every attack above at its defaults: --attack battery"])
 
 
 @app.command()

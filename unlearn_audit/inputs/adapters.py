@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RuntimeFailure, UnsafeModelError
+from ..support.noise import import_peft
 from .hub import ResolvedRepo
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -93,7 +94,7 @@ def merge_adapter(adapter: ResolvedRepo, base: ResolvedRepo, root: Path, *, trus
     """Merge ``adapter`` into ``base`` (both with their weights) and save it as safetensors under ``root``
     (reused when already there). The merge runs in the base's stored dtype."""
     try:
-        import peft
+        peft = import_peft()  # GPT-QModel, which peft imports on first use, quietly
     except ImportError:
         raise InputError("auditing an adapter needs the peft package", "pip install peft") from None
     import torch

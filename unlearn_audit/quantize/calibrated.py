@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import InputError, QuantizationError
 from ..inputs.calibration import CalibrationSet
+from ..support.noise import quiet_library_import
 from .base import QuantProof, QuantResult, max_distinct, verify_proof
 
 INSTALL = "pip install -c constraints.txt 'unlearn-audit[gptq]' (GPT-QModel)"
@@ -38,26 +39,11 @@ def _cpu_workers() -> None:
 
 def _gptqmodel():  # noqa: ANN202
     _cpu_workers()
-    # torchao (imported by GPT-QModel) warns about torch internals and optional CUDA libraries on import;
-    # nothing for our users to act on. The import also configures the root logger: put it back.
-    for name in ("torch.utils._pytree", "torchao"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    # its tokenizer helper (tokenicer) points HF_HOME, HF_HUB_CACHE and HF_MODULES_CACHE at /tmp on import, for
-    # the whole process: the user's Hub cache settings are put back
-    hub_settings = {k: v for k, v in os.environ.items() if k.startswith("HF_")}
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints a banner on import
-            warnings.simplefilter("ignore")
+        with quiet_library_import():  # a banner, torchao's warnings, the root logger and HF_* variables changed
             import gptqmodel
     except ImportError:
         raise InputError("the gptq and awq quantizers need GPT-QModel", f"run {INSTALL}") from None
-    finally:
-        root.handlers[:], root.level = handlers, level
-        for key in [k for k in os.environ if k.startswith("HF_") and k not in hub_settings]:
-            del os.environ[key]
-        os.environ.update(hub_settings)
     return gptqmodel
 
 

@@ -19,6 +19,10 @@ def variant_name(label: str) -> str:
         return f"{parts[1]}-bit {parts[0].upper()} ({label})"
     if parts[0] == "gguf" and len(parts) > 1:
         return f"GGUF {parts[1].upper()} ({label})"
+    if parts[0] == "prune" and len(parts) > 1:
+        return f"magnitude pruning {float(parts[1]) * 100:g}% ({label})"
+    if parts[0] == "relearn-unrelated":
+        return f"relearning on unrelated text ({label})"
     if parts[0] == "published" and len(parts) > 1:
         repo, _, file = label.removeprefix("published:").rpartition("/")
         return f"published {file} ({repo})"
@@ -34,4 +38,8 @@ def short_variant(label: str) -> str:
         return f"r{parts[1]}"
     if parts[0] == "bnb":
         return {"int8": "i8"}.get(parts[1], parts[1]) + ("dq" if "dq" in parts else "")
+    if parts[0] == "prune" and len(parts) > 1:
+        return f"p{float(parts[1]) * 100:g}"
+    if parts[0] == "relearn-unrelated":
+        return "rl-u"
     return parts[0][:4]

@@ -11,7 +11,9 @@ from typing import Any
 
 from ..errors import InputError, RuntimeFailure
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (3, 4)
+"""Records this tool reads: version 4 only adds the tamper battery's attacks to version 3."""
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / f"report-v{SCHEMA_VERSION}.schema.json"
 """The published JSON Schema of the record (shipped in the package; `unlearn-audit schema` prints it)."""
 
@@ -89,8 +91,9 @@ class AuditReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditReport:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise InputError(f"the record has schema version {version}; this tool reads version {SCHEMA_VERSION}",
+        if version not in READABLE_VERSIONS:
+            raise InputError(f"the record has schema version {version}; this tool reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}",
                              "re-render it with the unlearn-audit version that wrote it, or re-run the audit")
         fields = dict(data)
         fields["runs"] = [VariantRun(**r) for r in data["runs"]]

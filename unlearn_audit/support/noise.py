@@ -11,7 +11,9 @@ import io
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes", "bitsandbytes.backends.cpu.ops")
 
@@ -61,3 +63,39 @@ def silenced(fds: tuple[int, ...] = (1, 2), python_stderr: bool = False, active:
             for fd, copy in saved:
                 os.dup2(copy, fd)
                 os.close(copy)
+
+
+@contextlib.contextmanager
+def quiet_library_import() -> Iterator[None]:
+    """Around the import of a library that prints or reconfigures the process on import (GPT-QModel: a banner on
+    stdout, torchao's warnings, the root logger reconfigured, and through its tokenizer helper HF_HOME, HF_HUB_CACHE
+    and HF_MODULES_CACHE pointed at /tmp for the whole process): stdout captured, warnings ignored, the root logger
+    and every ``HF_*`` variable put back as they were."""
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hub_settings = {k: v for k, v in os.environ.items() if k.startswith("HF_")}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.handlers[:], root.level = handlers, level
+        for key in [k for k in os.environ if k.startswith("HF_") and k not in hub_settings]:
+            del os.environ[key]
+        os.environ.update(hub_settings)
+
+
+def import_peft() -> Any:
+    """peft, with GPT-QModel imported first, quietly, where it is installed: peft imports it on first use of an
+    adapter (to dispatch GPTQ layers), and that import prints and reconfigures the process (see
+    :func:`quiet_library_import`). Raises ImportError when peft is missing."""
+    with quiet_library_import():
+        import peft
+
+        try:
+            import gptqmodel  # noqa: F401
+        except ImportError:
+            pass
+    return peft

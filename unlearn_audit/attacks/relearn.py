@@ -1,0 +1,129 @@
+"""Relearning on a few unrelated samples (Łucki et al., arXiv 2409.18025, "An Adversarial Perspective on Machine
+Unlearning for AI Safety": ten unrelated examples bring back most of RMU's hazardous knowledge). The defaults are
+their fine-tuning script's (ethz-spylab/unlearning-vs-safety, ``src/finetuning/finetune.py``): LoRA rank 128, alpha
+16, no dropout, on every attention and MLP projection; AdamW (torch), learning rate 2e-4, weight decay 0.01, linear
+schedule with 5% warmup, batch 1, 3 epochs, sequences up to 1024 tokens. The adapter (peft) is trained in the run's
+dtype and merged into the weights (``merge_and_unload``), so the probes see one ordinary model.
+
+The unrelated samples are the tool's shipped generic corpus (the paragraphs GPT-QModel calibration uses by default,
+written for this project and unrelated to any forget set): the first ``samples`` of them, in order."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..inputs.calibration import generic_texts
+from ..support.noise import import_peft
+from .base import AttackProof, AttackResult, sha256
+from .prune import linear_layers
+
+MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class RelearnUnrelated:
+    """``relearn-unrelated[:rRANK][:eEPOCHS][:nSAMPLES][:lrRATE]``: LoRA fine-tuning on unrelated text."""
+
+    rank: int = 128
+    epochs: int = 3
+    samples: int = 10
+    lr: float = 2e-4
+    alpha: int = 16
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    stage = "weights"
+    fixed_grid = False
+    bits = 16
+
+    def __post_init__(self) -> None:
+        if min(self.rank, self.epochs, self.samples) < 1 or not self.lr > 0:
+            raise UsageError(f"{self.label}: rank, epochs, samples and learning rate must be positive",
+                             "e.g. relearn-unrelated:r128:e3:n10:lr2e-4")
+        if self.samples > len(generic_texts()):
+            raise UsageError(f"{self.label} asks for {self.samples} samples; the shipped corpus has "
+                             f"{len(generic_texts())} paragraphs", f"give n{len(generic_texts())} or fewer")
+
+    @property
+    def label(self) -> str:
+        parts = ["relearn-unrelated"]
+        for value, default, prefix in ((self.rank, 128, "r"), (self.epochs, 3, "e"), (self.samples, 10, "n")):
+            if value != default:
+                parts.append(f"{prefix}{value}")
+        if self.lr != 2e-4:
+            parts.append(f"lr{self.lr:g}")
+        return ":".join(parts)
+
+    def require(self) -> None:
+        pass  # peft is a dependency
+
+    def texts(self) -> list[str]:
+        return list(generic_texts()[: self.samples])
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": "LoRA fine-tuning on unrelated text (peft)", "source": "Łucki et al., arXiv 2409.18025",
+                "rank": self.rank, "alpha": self.alpha, "dropout": 0.0, "epochs": self.epochs, "batch_size": 1,
+                "lr": self.lr, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
+                "schedule": "linear", "optimizer": "torch AdamW", "max_tokens": MAX_TOKENS,
+                "data": "the shipped generic corpus", "samples": self.samples,
+                "samples_sha256": [sha256(t) for t in self.texts()]}
+
+    def attack(self, model: nn.Module, tokenizer: Any, seed: int) -> AttackResult:
+        peft = import_peft()
+        started = time.time()
+        adapted, stats = train_adapter(model, tokenizer, self.texts(), rank=self.rank, alpha=self.alpha, lr=self.lr,
+                                       epochs=self.epochs, weight_decay=self.weight_decay,
+                                       warmup_ratio=self.warmup_ratio, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            merged = adapted.merge_and_unload()
+        assert merged is model  # merged in place: the audit restores the checkpoint's weights afterwards
+        proof = AttackProof(attack="relearn-unrelated", seed=seed, seconds=round(time.time() - started, 3),
+                            layers_changed=stats["layers"], steps=stats["steps"], samples=self.samples,
+                            samples_sha256=[sha256(t) for t in self.texts()],
+                            trainable_parameters=stats["trainable"], tokens=stats["tokens"],
+                            libraries={"torch": torch.__version__, "peft": peft.__version__})
+        return AttackResult(label=self.label, settings=self.settings(), proof=proof)
+
+
+def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: int, alpha: int, lr: float,
+                  epochs: int, weight_decay: float, warmup_ratio: float, seed: int) -> tuple[Any, dict[str, int]]:
+    """A LoRA adapter on every linear layer (not ``lm_head`` or embeddings) trained on ``texts`` as causal language
+    modelling, batch 1, in order, seeded; returns the peft model (not merged) and what training did."""
+    from transformers import get_linear_schedule_with_warmup
+
+    peft = import_peft()
+
+    targets = sorted(linear_layers(model))
+    torch.manual_seed(seed)  # the adapter's initialisation
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    with warnings.catch_warnings():  # transformers' deprecation notices to peft, nothing for our users to act on
+        warnings.simplefilter("ignore")
+        adapted = peft.get_peft_model(model, config)
+    device = next(model.parameters()).device
+    limit = min(MAX_TOKENS, getattr(model.config, "max_position_embeddings", MAX_TOKENS) or MAX_TOKENS)
+    batches = [tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)["input_ids"].to(device)
+               for text in texts]
+    trainable = [p for p in adapted.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    total = epochs * len(batches)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)
+    tokens = 0
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for ids in batches:
+                loss = adapted(input_ids=ids, labels=ids).loss
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                tokens += int(ids.numel())
+    return adapted, {"layers": len(targets), "steps": total, "tokens": tokens,
+                     "trainable": sum(p.numel() for p in trainable)}
