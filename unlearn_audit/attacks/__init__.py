@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..support.items import parse_items
 from .base import Attack, AttackProof, AttackResult, is_attack
 from .prune import MagnitudePrune
 from .relearn import RelearnUnrelated
@@ -90,16 +91,7 @@ def parse_attack(text: str) -> Attack:
 
 def parse_attacks(items: list[str] | tuple[str, ...]) -> list[Attack]:
     """Parse every item (comma-separated lists and presets allowed); duplicates are an error."""
-    attacks: list[Attack] = []
-    for item in items:
-        for piece in (p.strip() for p in item.split(",")):
-            for name in PRESETS.get(piece.lower(), (piece,) if piece else ()):
-                attacks.append(parse_attack(name))
-    labels = [a.label for a in attacks]
-    dupes = sorted({label for label in labels if labels.count(label) > 1})
-    if dupes:
-        raise UsageError(f"attack {', '.join(dupes)} given twice", "list each attack once")
-    return attacks
+    return parse_items(items, PRESETS, parse_attack, lambda a: a.label, "attack")
 
 
 __all__ = ["ATTACKS", "PRESETS", "Attack", "AttackProof", "AttackResult", "MagnitudePrune", "RelearnUnrelated",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..support.items import parse_items
 from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
 from .calibrated import CalibratedQuantizer
@@ -157,18 +158,8 @@ def parse_variant(text: str) -> Quantizer:
 
 
 def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
-    """Parse every item (comma-separated lists allowed); duplicates are an error."""
-    quantizers: list[Quantizer] = []
-    for item in items:
-        for piece in item.split(","):
-            piece = piece.strip()
-            for name in PRESETS.get(piece.lower(), (piece,) if piece else ()):
-                quantizers.append(parse_variant(name))
-    labels = [q.label for q in quantizers]
-    dupes = sorted({label for label in labels if labels.count(label) > 1})
-    if dupes:
-        raise UsageError(f"variant {', '.join(dupes)} given twice", "list each variant once")
-    return quantizers
+    """Parse every item (comma-separated lists and presets allowed); duplicates are an error."""
+    return parse_items(items, PRESETS, parse_variant, lambda q: q.label, "variant")
 
 
 __all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
