@@ -164,3 +164,17 @@ def test_a_model_that_never_knew_the_forget_set_is_never_fail_under_attack(world
     record = _check(world, tmp_path, "miniature/retrain", "--forget", "miniature/news", "--original",
                     "miniature/original", "--no-cache")
     assert record["verdict"]["decision"] != "FAIL", record["verdict"]["headline"]
+
+
+def test_without_a_reference_model_attacks_are_reported_not_judged(world, tmp_path):
+    """No retrained or reference model to attack the same way: the attacks' recoveries are reported, with the
+    reason, and cannot make the verdict (quantization variants are still judged)."""
+    record = _check(world, tmp_path, "miniature/fragile", "--forget", "miniature/news", "--original",
+                    "miniature/original", "--no-cache")
+    assert not record["net_recoveries"] and record["reference"]["source"] in ("default", "published")
+    statuses = {(s["metric"], s["variant"]): s["status"] for s in record["recoveries"]}
+    attacked = {k: v for k, v in statuses.items() if k[1] != "rtn:4:g128" and k[0] in record["thresholds"]["judged"]}
+    assert attacked and set(attacked.values()) <= {"reported", "not-judged", "too-few-items"}
+    assert "reported" in attacked.values()
+    assert any("attacks are reported, not judged" in r for r in record["verdict"]["reasons"])
+    assert any(s == "exceeds" for (m, v), s in statuses.items() if v == "rtn:4:g128")  # RTN still judged

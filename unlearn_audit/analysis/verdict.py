@@ -136,8 +136,12 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
         for share in analysis.recoveries:
             if share.metric in knew:
                 share.status = "reported"
+    unreferenced_attacks = False
     for share in recoveries:
         if share.metric not in knew:
+            continue
+        if not analysis.net_recoveries and (share.variant or "").split(":")[0] in ATTACKS:
+            share.status, unreferenced_attacks = "reported", True  # no control: what any model learns is in it
             continue
         share.status = classify(share, thresholds.max_recovery)
         variant = names.get(share.variant or "", share.variant)
@@ -152,6 +156,9 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
         elif share.status == "straddles":
             doubts.append(text + ": the interval straddles the threshold")
 
+    if unreferenced_attacks:
+        reasons.append("attacks are reported, not judged: no retrained or reference model was attacked the same way, "
+                       "so what the attack teaches any model cannot be told apart from what it brings back")
     if fails:
         fails.sort(key=lambda f: -f[0])
         return Verdict(Decision.FAIL, fails[0][1] + ".", [f[1] for f in fails] + doubts + reasons)
