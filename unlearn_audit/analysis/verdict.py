@@ -29,7 +29,7 @@ from enum import Enum
 
 import numpy as np
 
-from ..attacks import ATTACKS
+from ..attacks import is_attack_label
 from ..config import Thresholds
 from ..errors import ExitCode
 from ..probes.metrics import METRICS, min_gap
@@ -140,7 +140,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     for share in recoveries:
         if share.metric not in knew:
             continue
-        if not analysis.net_recoveries and (share.variant or "").split(":")[0] in ATTACKS:
+        if not analysis.net_recoveries and is_attack_label(share.variant or ""):
             share.status, unreferenced_attacks = "reported", True  # no control: what any model learns is in it
             continue
         share.status = classify(share, thresholds.max_recovery)
@@ -173,8 +173,7 @@ def decide(analysis: Analysis, thresholds: Thresholds, variant_names: dict[str, 
     if doubts:
         return Verdict(Decision.INCONCLUSIVE, "The audit cannot decide: " + doubts[0] + ".", doubts + reasons)
     worst = max((s for s in recoveries if s.status == "ok"), key=lambda s: s.interval.value, default=None)
-    attacked = any(label.split(":")[0] in ATTACKS for label in names)
-    tested = "quantization and attack" if attacked else "quantization"
+    tested = "quantization and attack" if any(map(is_attack_label, names)) else "quantization"
     headline = (f"Forgetting holds at full precision and under every tested {tested}"
                 + (f" (largest recovery: {names.get(worst.variant or '', worst.variant)} on "
                    f"{METRIC_NOUNS[worst.metric]}, {_span(worst)})" if worst else "") + ".")

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..support.items import parse_items
 from .base import Attack, AttackProof, AttackResult, is_attack
 from .prune import MagnitudePrune
+from .relearn import OPTIONS as RELEARN_OPTIONS
 from .relearn import RelearnUnrelated
 
 
@@ -38,18 +39,16 @@ def _build_prune(options: list[str]) -> Attack:
 
 
 def _build_relearn_unrelated(options: list[str]) -> Attack:
-    values: dict[str, float] = {}
-    for opt in options:
-        key, number = next(((k, opt[len(k):]) for k in ("lr", "r", "e", "n") if opt.startswith(k)), (None, ""))
+    given: dict[str, float] = {}
+    for opt in options:  # the longest prefix first: lr before r
+        name = next((n for n, p in sorted(RELEARN_OPTIONS.items(), key=lambda i: -len(i[1])) if opt.startswith(p)),
+                    None)
         try:
-            values[key] = float(number) if key == "lr" else int(number)
-        except (TypeError, ValueError):
-            key = None
-        if key is None:
+            given[name] = (float if name == "lr" else int)(opt[len(RELEARN_OPTIONS[name]):])
+        except (KeyError, ValueError):
             raise UsageError(f"unknown relearn-unrelated option '{opt}'",
-                             "use rRANK, eEPOCHS, nSAMPLES or lrRATE, e.g. relearn-unrelated:r64:e3:n10:lr2e-4")
-    return RelearnUnrelated(rank=int(values.get("r", 128)), epochs=int(values.get("e", 3)),
-                            samples=int(values.get("n", 10)), lr=float(values.get("lr", 2e-4)))
+                             "use rRANK, eEPOCHS, nSAMPLES or lrRATE, e.g. relearn-unrelated:r64:e3:n10:lr2e-4") from None
+    return RelearnUnrelated(**given)
 
 
 ATTACKS: dict[str, AttackInfo] = {
@@ -77,6 +76,11 @@ PRESETS = {"battery": tuple(info.example for info in ATTACKS.values())}
 """Named sets of attacks. ``battery``: every registered attack at its defaults."""
 
 
+def is_attack_label(label: str) -> bool:
+    """Whether a variant label (``prune:0.2``, ``relearn-unrelated:r64``) names an attack of the battery."""
+    return label.split(":")[0] in ATTACKS
+
+
 def parse_attack(text: str) -> Attack:
     """Build the attack named by one ``--attack`` item."""
     parts = [p.strip() for p in text.strip().lower().split(":") if p.strip()]
@@ -95,4 +99,4 @@ def parse_attacks(items: list[str] | tuple[str, ...]) -> list[Attack]:
 
 
 __all__ = ["ATTACKS", "PRESETS", "Attack", "AttackProof", "AttackResult", "MagnitudePrune", "RelearnUnrelated",
-           "is_attack", "parse_attack", "parse_attacks"]
+           "is_attack", "is_attack_label", "parse_attack", "parse_attacks"]

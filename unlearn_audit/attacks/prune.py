@@ -1,6 +1,6 @@
 """Magnitude pruning (Łucki et al., arXiv 2409.18025, beside fine-tuning; a cheap weight edit like quantization):
-in every linear layer (``lm_head`` and embeddings excluded, as for quantization) the given fraction of weights with
-the smallest absolute values set to zero, layer by layer (unstructured)."""
+in every linear layer quantization takes (``lm_head`` left alone; embeddings and norms are not linear) the given
+fraction of weights with the smallest absolute values set to zero, layer by layer (unstructured)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..inputs.checkpoint import NOT_QUANTIZED
+from ..inputs.models import quantizable_linears
 from .base import AttackProof, AttackResult
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """The model's linear layers an attack may change: not the output layer, embeddings or norms."""
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and not any(s in f"{name}.weight" for s in NOT_QUANTIZED)}
+    """name -> layer of the linear layers an attack changes: those the quantizers take (not ``lm_head``)."""
+    return dict(quantizable_linears(model, include_lm_head=False)[0])
 
 
 def prune_mask(weight: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -41,7 +40,6 @@ class MagnitudePrune:
     fraction: float = 0.2
     stage = "weights"
     fixed_grid = False
-    bits = 16
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 1:

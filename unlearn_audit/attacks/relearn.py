@@ -26,6 +26,8 @@ from .base import AttackProof, AttackResult, sha256
 from .prune import linear_layers
 
 MAX_TOKENS = 1024
+OPTIONS = {"rank": "r", "epochs": "e", "samples": "n", "lr": "lr"}
+"""Settings the ``--attack`` item can change, and their prefixes (``relearn-unrelated:r64:e3:n10:lr2e-4``)."""
 
 
 @dataclass(frozen=True)
@@ -41,25 +43,21 @@ class RelearnUnrelated:
     warmup_ratio: float = 0.05
     stage = "weights"
     fixed_grid = False
-    bits = 16
 
     def __post_init__(self) -> None:
         if min(self.rank, self.epochs, self.samples) < 1 or not self.lr > 0:
             raise UsageError(f"{self.label}: rank, epochs, samples and learning rate must be positive",
                              "e.g. relearn-unrelated:r128:e3:n10:lr2e-4")
-        if self.samples > len(generic_texts()):
-            raise UsageError(f"{self.label} asks for {self.samples} samples; the shipped corpus has "
-                             f"{len(generic_texts())} paragraphs", f"give n{len(generic_texts())} or fewer")
+        available = len(generic_texts())
+        if self.samples > available:
+            raise UsageError(f"{self.label} asks for {self.samples} samples; the shipped corpus has {available} "
+                             "paragraphs", f"give n{available} or fewer")
 
     @property
     def label(self) -> str:
-        parts = ["relearn-unrelated"]
-        for value, default, prefix in ((self.rank, 128, "r"), (self.epochs, 3, "e"), (self.samples, 10, "n")):
-            if value != default:
-                parts.append(f"{prefix}{value}")
-        if self.lr != 2e-4:
-            parts.append(f"lr{self.lr:g}")
-        return ":".join(parts)
+        changed = [f"{prefix}{getattr(self, name):g}" for name, prefix in OPTIONS.items()
+                   if getattr(self, name) != getattr(type(self), name)]  # the defaults are the class's
+        return ":".join(["relearn-unrelated", *changed])
 
     def require(self) -> None:
         pass  # peft is a dependency
@@ -78,6 +76,7 @@ class RelearnUnrelated:
     def attack(self, model: nn.Module, tokenizer: Any, seed: int) -> AttackResult:
         peft = import_peft()
         started = time.time()
+        settings = self.settings()
         adapted, stats = train_adapter(model, tokenizer, self.texts(), rank=self.rank, alpha=self.alpha, lr=self.lr,
                                        epochs=self.epochs, weight_decay=self.weight_decay,
                                        warmup_ratio=self.warmup_ratio, seed=seed)
@@ -87,10 +86,9 @@ class RelearnUnrelated:
         assert merged is model  # merged in place: the audit restores the checkpoint's weights afterwards
         proof = AttackProof(attack="relearn-unrelated", seed=seed, seconds=round(time.time() - started, 3),
                             layers_changed=stats["layers"], steps=stats["steps"], samples=self.samples,
-                            samples_sha256=[sha256(t) for t in self.texts()],
-                            trainable_parameters=stats["trainable"], tokens=stats["tokens"],
-                            libraries={"torch": torch.__version__, "peft": peft.__version__})
-        return AttackResult(label=self.label, settings=self.settings(), proof=proof)
+                            samples_sha256=settings["samples_sha256"], trainable_parameters=stats["trainable"],
+                            tokens=stats["tokens"], libraries={"torch": torch.__version__, "peft": peft.__version__})
+        return AttackResult(label=self.label, settings=settings, proof=proof)
 
 
 def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: int, alpha: int, lr: float,

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ..errors import AuditError, ExitCode, UsageError
+from ..support.noise import debugging
 from ..support.progress import PlainReporter, RichReporter, reporter_for
 
 # rich_markup_mode=None: help as plain text, in click's layout (flags without a type column, no markup to decode)
@@ -40,16 +41,12 @@ MaxItemsOpt = Annotated[Optional[int], typer.Option(
     "--max-items", min=1, help="Probe only the first N items of each split (a quick look; recorded).")]
 
 
-def _debug() -> bool:
-    return os.environ.get("UNLEARN_AUDIT_DEBUG", "") not in ("", "0")
-
-
 def guarded(run: Callable[[], T]) -> T:
     """Run ``run``; turn known failures into one line on stderr and their exit code."""
     try:
         return run()
     except AuditError as exc:
-        if _debug():
+        if debugging():
             raise
         err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
         raise typer.Exit(int(exc.exit_code)) from None
@@ -63,7 +60,7 @@ def guarded(run: Callable[[], T]) -> T:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # the tool broke: never exit 0, never a bare traceback
-        if _debug():
+        if debugging():
             raise
         if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
             err.print("[bold red]error:[/] out of memory while running the model. Fix: lower --batch-size, "

@@ -32,6 +32,21 @@ def linear_weight_names(model: Any) -> list[str]:
     return [f"{name}.weight" for name, module in model.named_modules() if type(module) is nn.Linear]
 
 
+def quantizable_linears(model: Any, include_lm_head: bool) -> tuple[list[tuple[str, Any]], list[str]]:
+    """(name, layer) of the linear layers a weight edit takes (the quantizers, the tamper battery's attacks), and the
+    names of those left alone: ``lm_head`` unless ``include_lm_head``; embeddings and norms are not linear layers."""
+    from torch import nn
+
+    chosen, skipped = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            if name.split(".")[-1] == "lm_head" and not include_lm_head:
+                skipped.append(name)
+            else:
+                chosen.append((name, module))
+    return chosen, skipped
+
+
 def _stored_names(model: Any, index: dict[str, Path]) -> dict[str, str] | None:
     """Each parameter's name in the checkpoint: its own, or, for a tied weight (``lm_head`` sharing the
     embedding matrix, as Llama-3.2-1B, Gemma, SmolLM2 and small Qwen2.5 do), the name of the parameter it

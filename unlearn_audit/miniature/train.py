@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..quantize.rtn import quantizable_linears, rtn_grid
+from ..inputs.models import quantizable_linears
+from ..quantize.rtn import rtn_grid
 
 Progress = Callable[[int, int], None]
 """Called as progress(done, total) during long loops."""

@@ -144,8 +144,8 @@ def write_gguf(model: nn.Module, path: Path) -> dict[str, str]:
 
     def array(name: str) -> np.ndarray:
         data = params[name].detach().float().cpu().numpy()
-        if row_heads(config, name):
-            data = to_file_rows(data, row_heads(config, name))
+        if heads_of_rows := row_heads(config, name):
+            data = to_file_rows(data, heads_of_rows)
         return data.astype(np.float16) if half and data.ndim == 2 else data
 
     # streamed: the tensors' descriptions first, then one tensor converted and written at a time (the writer's
@@ -240,8 +240,8 @@ def read_quantized(path: Path, model: nn.Module, mapping: dict[str, str]) -> GGU
                 distinct = int(((ordered[:, 1:] != ordered[:, :-1]).sum(axis=1) + 1).max())
                 max_levels[kind] = max(max_levels.get(kind, 0), distinct)
                 blocks += sub.shape[0]
-            if row_heads(config, name):
-                values = from_file_rows(values, row_heads(config, name))
+            if heads_of_rows := row_heads(config, name):
+                values = from_file_rows(values, heads_of_rows)
             param = params[name]
             param.copy_(torch.from_numpy(np.array(values, copy=True)).to(dtype=param.dtype, device=param.device))
     return GGUFTensors(types=types, blocks_checked=blocks, max_levels=max_levels)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..inputs.models import quantizable_linears
 from .base import QuantProof, QuantResult, count_levels_per_group, pad_to_groups, verify_proof
 
 
@@ -106,18 +107,6 @@ def rtn_fake_quantize(weight: torch.Tensor, bits: int, group_size: int, symmetri
     grid = rtn_grid(weight, bits, group_size, symmetric)
     deq = grid.dequantize(grid.codes(weight.detach().float()))
     return deq.to(weight.dtype)
-
-
-def quantizable_linears(model: nn.Module, include_lm_head: bool) -> tuple[list[tuple[str, nn.Linear]], list[str]]:
-    """(name, layer) of the linear layers to quantize, and the names of those left alone."""
-    chosen, skipped = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if name.split(".")[-1] == "lm_head" and not include_lm_head:
-                skipped.append(name)
-            else:
-                chosen.append((name, module))
-    return chosen, skipped
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ def quiet_third_party() -> None:
 
 
 def debugging() -> bool:
-    """``UNLEARN_AUDIT_DEBUG`` is set: library output and tracebacks are shown."""
-    return bool(os.environ.get("UNLEARN_AUDIT_DEBUG"))
+    """``UNLEARN_AUDIT_DEBUG`` is set (to anything but ``0``): library output and tracebacks are shown."""
+    return os.environ.get("UNLEARN_AUDIT_DEBUG", "") not in ("", "0")
 
 
 @contextlib.contextmanager
