@@ -26,6 +26,7 @@ class AttackProof:
         tokens: training tokens seen over all steps.
         zero_share: for pruning, the share of zeros in each changed layer (layer -> share).
         libraries: the versions of the libraries it ran on.
+        then: for an attack followed by a quantizer (``ATTACK+QUANT``), the quantizer's label and proof.
     """
 
     attack: str
@@ -39,6 +40,7 @@ class AttackProof:
     tokens: int = 0
     zero_share: dict[str, float] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
+    then: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Relearning on a few unrelated samples (Łucki et al., arXiv 2409.18025, "An Adversarial Perspective on Machine
+"""Relearning: on a few unrelated samples (Łucki et al., arXiv 2409.18025, "An Adversarial Perspective on Machine
 Unlearning for AI Safety": ten unrelated examples bring back most of RMU's hazardous knowledge). The defaults are
 their fine-tuning script's (ethz-spylab/unlearning-vs-safety, ``src/finetuning/finetune.py``): LoRA rank 128, alpha
 16, no dropout, on every attention and MLP projection; AdamW (torch), learning rate 2e-4, weight decay 0.01, linear
@@ -6,21 +6,27 @@ schedule with 5% warmup, batch 1, 3 epochs, sequences up to 1024 tokens. The ada
 dtype and merged into the weights (``merge_and_unload``), so the probes see one ordinary model.
 
 The unrelated samples are the tool's shipped generic corpus (the paragraphs GPT-QModel calibration uses by default,
-written for this project and unrelated to any forget set): the first ``samples`` of them, in order."""
+written for this project and unrelated to any forget set): the first ``samples`` of them, in order.
+
+On the forget set's training half (Deeb & Roger, arXiv 2410.08827, "Do Unlearning Methods Remove Information from
+Language Model Weights?": relearning on some forgotten facts restores the others): the same fine-tuning, on the texts
+of :mod:`unlearn_audit.inputs.split`'s training half, while every run probes the other half. Their repository was not
+available to read here; the fine-tuning settings are Łucki et al.'s, recorded with the run."""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import RuntimeFailure, UsageError
 from ..inputs.calibration import generic_texts
+from ..inputs.split import ForgetSplit, training_texts
 from ..support.noise import import_peft
 from .base import AttackProof, AttackResult, sha256
 from .prune import linear_layers
@@ -31,64 +37,117 @@ OPTIONS = {"rank": "r", "epochs": "e", "samples": "n", "lr": "lr"}
 
 
 @dataclass(frozen=True)
-class RelearnUnrelated:
-    """``relearn-unrelated[:rRANK][:eEPOCHS][:nSAMPLES][:lrRATE]``: LoRA fine-tuning on unrelated text."""
+class _Relearn:
+    """LoRA fine-tuning at Łucki et al.'s defaults on some texts, merged into the weights."""
 
     rank: int = 128
     epochs: int = 3
-    samples: int = 10
     lr: float = 2e-4
     alpha: int = 16
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     stage = "weights"
     fixed_grid = False
+    name = ""
+    options = ()
+    """The settings an ``--attack`` item may change (keys of :data:`OPTIONS`)."""
 
     def __post_init__(self) -> None:
-        if min(self.rank, self.epochs, self.samples) < 1 or not self.lr > 0:
-            raise UsageError(f"{self.label}: rank, epochs, samples and learning rate must be positive",
-                             "e.g. relearn-unrelated:r128:e3:n10:lr2e-4")
-        available = len(generic_texts())
-        if self.samples > available:
-            raise UsageError(f"{self.label} asks for {self.samples} samples; the shipped corpus has {available} "
-                             "paragraphs", f"give n{available} or fewer")
+        if min(self.rank, self.epochs) < 1 or not self.lr > 0:
+            raise UsageError(f"{self.label}: rank, epochs and learning rate must be positive",
+                             f"e.g. {self.name}:r128:e3:lr2e-4")
 
     @property
     def label(self) -> str:
-        changed = [f"{prefix}{getattr(self, name):g}" for name, prefix in OPTIONS.items()
+        changed = [f"{OPTIONS[name]}{getattr(self, name):g}" for name in self.options
                    if getattr(self, name) != getattr(type(self), name)]  # the defaults are the class's
-        return ":".join(["relearn-unrelated", *changed])
+        return ":".join([self.name, *changed])
 
     def require(self) -> None:
         pass  # peft is a dependency
 
     def texts(self) -> list[str]:
-        return list(generic_texts()[: self.samples])
+        raise NotImplementedError
+
+    def _data(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"method": "LoRA fine-tuning on unrelated text (peft)", "source": "Łucki et al., arXiv 2409.18025",
+        return {"method": "LoRA fine-tuning (peft), merged", "source": "Łucki et al., arXiv 2409.18025",
                 "rank": self.rank, "alpha": self.alpha, "dropout": 0.0, "epochs": self.epochs, "batch_size": 1,
                 "lr": self.lr, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
-                "schedule": "linear", "optimizer": "torch AdamW", "max_tokens": MAX_TOKENS,
-                "data": "the shipped generic corpus", "samples": self.samples,
+                "schedule": "linear", "optimizer": "torch AdamW", "max_tokens": MAX_TOKENS, **self._data(),
                 "samples_sha256": [sha256(t) for t in self.texts()]}
 
     def attack(self, model: nn.Module, tokenizer: Any, seed: int) -> AttackResult:
         peft = import_peft()
         started = time.time()
         settings = self.settings()
-        adapted, stats = train_adapter(model, tokenizer, self.texts(), rank=self.rank, alpha=self.alpha, lr=self.lr,
+        texts = self.texts()
+        adapted, stats = train_adapter(model, tokenizer, texts, rank=self.rank, alpha=self.alpha, lr=self.lr,
                                        epochs=self.epochs, weight_decay=self.weight_decay,
                                        warmup_ratio=self.warmup_ratio, seed=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             merged = adapted.merge_and_unload()
         assert merged is model  # merged in place: the audit restores the checkpoint's weights afterwards
-        proof = AttackProof(attack="relearn-unrelated", seed=seed, seconds=round(time.time() - started, 3),
-                            layers_changed=stats["layers"], steps=stats["steps"], samples=self.samples,
+        proof = AttackProof(attack=self.name, seed=seed, seconds=round(time.time() - started, 3),
+                            layers_changed=stats["layers"], steps=stats["steps"], samples=len(texts),
                             samples_sha256=settings["samples_sha256"], trainable_parameters=stats["trainable"],
                             tokens=stats["tokens"], libraries={"torch": torch.__version__, "peft": peft.__version__})
         return AttackResult(label=self.label, settings=settings, proof=proof)
+
+
+@dataclass(frozen=True)
+class RelearnUnrelated(_Relearn):
+    """``relearn-unrelated[:rRANK][:eEPOCHS][:nSAMPLES][:lrRATE]``: LoRA fine-tuning on unrelated text (the first
+    ``samples`` paragraphs of the shipped generic corpus, in order)."""
+
+    samples: int = 10
+    name = "relearn-unrelated"
+    options = ("rank", "epochs", "samples", "lr")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        available = len(generic_texts())
+        if not 1 <= self.samples <= available:
+            raise UsageError(f"{self.label} asks for {self.samples} samples; the shipped corpus has {available} "
+                             "paragraphs", f"give n1 to n{available}")
+
+    def texts(self) -> list[str]:
+        return list(generic_texts()[: self.samples])
+
+    def _data(self) -> dict[str, Any]:
+        return {"data": "the shipped generic corpus", "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class RelearnForget(_Relearn):
+    """``relearn-forget[:rRANK][:eEPOCHS][:lrRATE]``: LoRA fine-tuning on the forget set's training half (Deeb &
+    Roger, arXiv 2410.08827), every run of the audit probing the other half; bound to the split by the audit."""
+
+    training: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    split: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
+    """The split's unit, seed and units (the record's ``split``), as pairs."""
+    name = "relearn-forget"
+    options = ("rank", "epochs", "lr")
+    needs_split = True
+
+    def bind(self, split: ForgetSplit) -> RelearnForget:
+        """This attack on the audit's split: its training texts are the training half's."""
+        return replace(self, training=tuple(training_texts(split.train)),
+                       split=(("unit", split.unit), ("seed", split.seed), ("train_units", tuple(split.train_units))))
+
+    def texts(self) -> list[str]:
+        if not self.training:
+            raise RuntimeFailure(f"{self.label} was not given the forget set's training half",
+                                 "run it through an audit (unlearn-audit check ... --attack relearn-forget)")
+        return list(self.training)
+
+    def _data(self) -> dict[str, Any]:
+        return {"data": "the forget set's training half", "samples": len(self.training),
+                "split": {k: list(v) if isinstance(v, tuple) else v for k, v in self.split},
+                "source_attack": "Deeb & Roger, arXiv 2410.08827 (relearning on half, probing the other)"}
 
 
 def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: int, alpha: int, lr: float,

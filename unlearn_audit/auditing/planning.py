@@ -22,6 +22,7 @@ from ..inputs.models import check_files, check_same_tokenizer
 from ..inputs.spec import (PRESET_CHOICES, PRESETS, SPEC_FILENAME, ForgetSpec, load_spec_file, merged, parse_spec,
                            preset_choices, preset_name, preset_spec, spec_for_dataset)
 from ..inputs.spec import spec_mapping as _spec_mapping
+from ..inputs.split import ForgetSplit, forget_counts, split_forget
 from ..inputs.tokenization import TokenizerChoice, choose_tokenizers
 from ..quantize import BnbQuantizer, Quantizer, parse_variants
 from ..quantize.bnb import quiet_bnb_warnings
@@ -69,6 +70,8 @@ class Plan:
     """The unlearned model's parameter count, from its safetensors headers (phase two)."""
     published: list[PublishedEntry] = field(default_factory=list)
     """``--published``: the derivative repos listed and what was done with each."""
+    split: ForgetSplit | None = None
+    """With ``relearn-forget`` or ``icl``: the forget set's halves (``data`` is then the probed half)."""
 
 
 def find_spec(config: AuditConfig, unlearned: ResolvedRepo, notes: list[str]) -> tuple[ForgetSpec, str]:
@@ -256,9 +259,22 @@ def plan(config: AuditConfig, reporter: Reporter) -> Plan:
     tokenizers = _tokenizers(config, spec, repos, found_by, explicit_reference, notes)
     data = cut_like_verbmem(data, tokenizers["unlearned"].tokenizer, config.probes.verbmem_max_new_tokens)
     calibration = _calibration(config, quantizers, data, tokenizers["unlearned"].tokenizer, reporter, notes)
+    split = None
+    if any(getattr(q, "needs_split", False) for q in quantizers):  # relearn-forget, icl: every run probes one half
+        split = split_forget(data, config.probes.seed, spec.tofu.author_items)
+        data = split.probe
+        quantizers = [q.bind(split) if getattr(q, "needs_split", False) else q for q in quantizers]
+        counts = ", ".join(f"{n} {part}" for part, n in forget_counts(data).items())
+        dropped = ", ".join(f"{n} {part}" for part, n in split.dropped.items() if n)
+        notes.append(f"{' and '.join(q.label for q in quantizers if getattr(q, 'needs_split', False))} learn from "
+                     f"half of the forget set: it was cut by {split.unit} (seed {split.seed}) into "
+                     f"{len(split.train_units)} training and {len(split.probe_units)} probed {split.unit}s, and every "
+                     f"run of this audit probes the probed half only ({counts})"
+                     + (f"; items tied to documents of both halves or to none were probed in neither ({dropped})"
+                        if dropped else "") + ".")
     if config.probes.max_items is not None:
         notes.append(f"Only the first {config.probes.max_items} items of each split were probed (--max-items).")
     return Plan(quantizers=quantizers, spec=spec, spec_source=spec_source, repos=repos, found_by=found_by,
                 dataset=dataset, data=data, tokenizers=tokenizers,
                 reference=choose_reference(spec, spec_source, repos, found_by), calibration=calibration, notes=notes,
-                adapter_base=base, published=published)
+                adapter_base=base, published=published, split=split)

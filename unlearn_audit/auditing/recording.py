@@ -63,6 +63,7 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
         notes=plan.notes,
         weight_diff=diagnostic,
         published=[entry.as_dict() for entry in plan.published] or None,
+        split=plan.split.describe() if plan.split is not None else None,
     )
 
 

@@ -84,6 +84,8 @@ def _variant_model(quantizer: Quantizer, role: str, repo: ResolvedRepo, loaded: 
                    scratch: Path | None) -> tuple[Any, Any]:
     """The model under ``quantizer`` as its library builds it (while loading, from a published repo, calibrated
     from the folder, or in place on the loaded copy or a copy of it), and the library's result (settings, proof)."""
+    if getattr(quantizer, "changes_weights", True) is False:  # the icl attack: the model as loaded
+        return loaded.model, quantizer.attack(loaded.model, loaded.tokenizer, config.probes.seed)
     if quantizer.stage == "load":  # the library quantizes while loading, as users run it
         model = load_model(repo, device=config.device, dtype=loaded.dtype, device_map=config.device_map,
                            trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
@@ -135,13 +137,16 @@ def compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, load
     if config.probes.engine == "vllm" and quantizer is not None:  # vLLM serves the variant from a folder
         source = saved_checkpoint(scratch / "served", role, label)  # apart from the checkpoints kept to compare
         model.save_pretrained(source)
+    prompted = getattr(quantizer, "probe_data", None)  # the icl attack (alone or chained): other prompts
+    if prompted is not None and prompted() is not None:
+        data = prompted()
     try:
         with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
             probes = run_probes(model, loaded.tokenizer, data, config, reporter, title,
                                 truncated, engine_stats, source=source, dtype=loaded.dtype)
         probed_at = time.time()
     finally:
-        if model is loaded.model and quantizer is not None:
+        if model is loaded.model and quantizer is not None and getattr(quantizer, "changes_weights", True):
             restore_weights(loaded.model, repo.path)
         if source != repo.path:
             shutil.rmtree(source, ignore_errors=True)

@@ -158,6 +158,8 @@ class TofuItems:
     answers: list[str]
     paraphrased: list[str]
     perturbed: list[list[str]]
+    shots: list[tuple[str, str]] = field(default_factory=list)
+    """Solved questions asked before each one (the ``icl`` attack): (question, answer)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ class ChoiceItems:
     choices: list[list[str]]
     answers: list[int]
     subjects: list[str]
+    shots: list[tuple[str, list[str], int]] = field(default_factory=list)
+    """Solved questions before each one (the ``icl`` attack): (question, choices, right index)."""
 
 
 _NO_QA = QASet([], [], [], [])
@@ -208,12 +212,14 @@ class ForgetData:
         """Every text the probes read, by part (what the result cache keys on)."""
         if self.benchmark == "tofu":
             return {f"tofu_{name}_{part}": [x if isinstance(x, str) else "\x1f".join(x) for x in getattr(items, part)]
-                    for name, items in self.tofu.items() for part in ("questions", "answers", "paraphrased", "perturbed")}
+                    for name, items in self.tofu.items() for part in ("questions", "answers", "paraphrased", "perturbed",
+                                                                      "shots") if part != "shots" or items.shots}
         if self.benchmark == "wmdp":
             return {f"{name}_{part}": [x if isinstance(x, str) else "\x1f".join(map(str, x)) if isinstance(x, list)
                                        else str(x) for x in getattr(items, part)]
                     for name, items in (("wmdp", self.wmdp), ("mmlu", self.mmlu)) if items is not None
-                    for part in ("questions", "choices", "answers", "subjects")}
+                    for part in ("questions", "choices", "answers", "subjects", "shots")
+                    if part != "shots" or items.shots}
         return {"verbmem_prompts": self.verbmem_prompts, "verbmem_refs": self.verbmem_refs,
                 **{f"{name}_{part}": getattr(qa, part) for name, qa in (("knowmem_forget", self.knowmem_forget),
                                                                      ("knowmem_retain", self.knowmem_retain))

@@ -102,6 +102,9 @@ class TofuSpec(_Probed):
     """With ``chat_template: true``: the system turn before the question (open-unlearning's Llama-3 Instruct setting)."""
     max_new_tokens: int = Field(default=200, ge=1)
     """Greedy tokens generated for ROUGE (open-unlearning's ``configs/generation/default.yaml``: 200)."""
+    author_items: int = Field(default=20, ge=1)
+    """Consecutive forget questions about one fictitious author (TOFU's 20): the unit the ``relearn-forget`` and
+    ``icl`` attacks split the forget set by."""
 
     def perturbed_split(self) -> str:
         return self.forget_perturbed_split or f"{self.forget_split}_perturbed"

@@ -52,11 +52,13 @@ def _ids(encoded: Any) -> list[int]:
 class Template:
     """How a question (and an answer) become tokens: open-unlearning's ``template_args``."""
 
-    def __init__(self, tokenizer: Any, settings: Any, chat: bool) -> None:
-        self.tokenizer, self.s, self.chat = tokenizer, settings, chat
+    def __init__(self, tokenizer: Any, settings: Any, chat: bool, shots: list[tuple[str, str]] | None = None) -> None:
+        self.tokenizer, self.s, self.chat, self.shots = tokenizer, settings, chat, list(shots or [])
 
     def _messages(self, question: str, answer: str | None = None) -> list[dict[str, str]]:
         chat = [{"role": "system", "content": self.s.system_prompt}] if self.s.system_prompt else []
+        for q, a in self.shots:  # the icl attack: solved questions as earlier turns
+            chat += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         chat.append({"role": "user", "content": question})
         if answer is not None:
             chat.append({"role": "assistant", "content": answer})
@@ -67,6 +69,9 @@ class Template:
         if self.chat:
             return self.tokenizer.apply_chat_template(self._messages(question), tokenize=False,
                                                       add_generation_prompt=True)
+        return "".join(self._turn(q) + a + "\n\n" for q, a in self.shots) + self._turn(question)
+
+    def _turn(self, question: str) -> str:
         return self.s.user_start_tag + question + self.s.user_end_tag + self.s.asst_start_tag
 
     @property
@@ -106,7 +111,7 @@ def probe(engine: Engine, items: TofuItems, metric: str, settings: Any, chat: bo
           advance: Advance | None = None) -> ProbeOutput:
     """One TOFU set: item score = ROUGE-L recall; ``extra`` holds the answer probability, the truth ratio and its
     aggregated forms, and the normalised probability (real authors, world facts)."""
-    template = Template(engine.tokenizer, settings, chat)
+    template = Template(engine.tokenizer, settings, chat, items.shots)
     prompts = [template.prompt(q) for q in items.questions]
     generations = engine.generate(prompts, settings.max_new_tokens, advance,
                                   add_special_tokens=template.adds_special_tokens)
@@ -141,4 +146,5 @@ def probe(engine: Engine, items: TofuItems, metric: str, settings: Any, chat: bo
         "template": "chat template" + (f", system prompt {settings.system_prompt!r}" if settings.system_prompt else "")
         if chat else repr(settings.user_start_tag + "{question}" + settings.user_end_tag + settings.asst_start_tag),
         "max_new_tokens": settings.max_new_tokens, "decoding": decoding, "rouge": "rougeL recall, Porter stemmer",
-        "correct": "paraphrased_answer" if items.paraphrased else "answer"})
+        "correct": "paraphrased_answer" if items.paraphrased else "answer",
+        **({"shots": len(items.shots)} if items.shots else {})})

@@ -36,10 +36,16 @@ LM_EVAL = {
 DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
 
 
-def context(question: str, choices: list[str], subject: str) -> str:
-    """The zero-shot prompt of one question."""
-    body = question.strip() + "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, choices))
-    return DESCRIPTION.format(subject=subject) + body + "\nAnswer:"
+def _body(question: str, choices: list[str]) -> str:
+    return question.strip() + "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, choices)) + "\nAnswer:"
+
+
+def context(question: str, choices: list[str], subject: str,
+            shots: list[tuple[str, list[str], int]] | None = None) -> str:
+    """The prompt of one question: zero-shot, or after solved questions laid out as lm-evaluation-harness lays out
+    few-shot examples (the description, then each example's text, a space and its letter, a blank line)."""
+    solved = "".join(f"{_body(q, c)} {LETTERS[a]}\n\n" for q, c, a in shots or [])
+    return DESCRIPTION.format(subject=subject) + solved + _body(question, choices)
 
 
 def _encode(tokenizer, text: str, special_tokens: bool) -> list[int]:  # noqa: ANN001
@@ -73,7 +79,7 @@ def probe(engine: Engine, items: ChoiceItems, metric: str, advance: Advance | No
     tok = engine.tokenizer
     pairs = []
     for q, choices, subject in zip(items.questions, items.choices, items.subjects):
-        text = context(q, choices, subject)
+        text = context(q, choices, subject, items.shots)
         pairs += [encode_pair(tok, text, " " + letter, lm_eval) for letter in LETTERS]
     logprobs = engine.continuation_logprobs(pairs, None)
     out = []
@@ -87,4 +93,4 @@ def probe(engine: Engine, items: ChoiceItems, metric: str, advance: Advance | No
     return ProbeOutput(metric, "mean", out, {
         "prompt": DESCRIPTION.replace("\n", "\\n") + "{question}\\nA. ...\\nD. ...\\nAnswer:",
         "choices": [" " + letter for letter in LETTERS], "score": "sum of continuation log-likelihoods, argmax",
-        "lm_eval": lm_eval, "special_tokens": LM_EVAL[lm_eval]})
+        "lm_eval": lm_eval, "special_tokens": LM_EVAL[lm_eval], **({"shots": len(items.shots)} if items.shots else {})})

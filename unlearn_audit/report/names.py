@@ -9,6 +9,9 @@ def variant_name(label: str) -> str:
     """Human name of a variant label: ``rtn:4:g128`` -> ``4-bit RTN (rtn:4:g128)``."""
     if label == FULL:
         return "full precision"
+    if "+" in label:  # an attack, then a quantizer
+        first, _, then = label.partition("+")
+        return f"{_bare(variant_name(first), first)}, then {_bare(variant_name(then), then)} ({label})"
     parts = label.split(":")
     if parts[0] == "rtn" and len(parts) > 1:
         return f"{parts[1]}-bit RTN ({label})"
@@ -23,16 +26,29 @@ def variant_name(label: str) -> str:
         return f"magnitude pruning {float(parts[1]) * 100:g}% ({label})"
     if parts[0] == "relearn-unrelated":
         return f"relearning on unrelated text ({label})"
+    if parts[0] == "relearn-forget":
+        return f"relearning on half the forget set ({label})"
+    if parts[0] == "icl" and len(parts) > 1:
+        return f"{parts[1]} in-context examples ({label})"
     if parts[0] == "published" and len(parts) > 1:
         repo, _, file = label.removeprefix("published:").rpartition("/")
         return f"published {file} ({repo})"
     return label
 
 
+def _bare(name: str, label: str) -> str:
+    """A long name without its trailing ``(label)``."""
+    return name.removesuffix(f" ({label})")
+
+
 def short_variant(label: str) -> str:
-    """Axis label of a variant: fp (full precision), r4 (rtn:4...), fp4 / nf4 (bnb), i8 (bnb:int8)."""
+    """Axis label of a variant: fp (full precision), r4 (rtn:4...), fp4 / nf4 (bnb), i8 (bnb:int8); an attack then a
+    quantizer joined by ``+``."""
     if label == FULL:
         return "fp"
+    if "+" in label:
+        first, _, then = label.partition("+")
+        return f"{short_variant(first)}+{short_variant(then)}"
     parts = label.split(":")
     if parts[0] == "rtn":
         return f"r{parts[1]}"
@@ -42,4 +58,8 @@ def short_variant(label: str) -> str:
         return f"p{float(parts[1]) * 100:g}"
     if parts[0] == "relearn-unrelated":
         return "rl-u"
+    if parts[0] == "relearn-forget":
+        return "rl-f"
+    if parts[0] == "icl" and len(parts) > 1:
+        return f"icl{parts[1]}"
     return parts[0][:4]

@@ -76,6 +76,9 @@ class AuditReport:
     """The weight-level diagnostic (see unlearn_audit.quantize.diagnostic), when both checkpoints are safetensors."""
     published: list[dict[str, Any]] | None = None
     """``--published``: each derivative repo listed, the files audited as variants and those skipped, and why."""
+    split: dict[str, Any] | None = None
+    """With ``relearn-forget`` or ``icl``: how the forget set was cut (unit, seed, units and items of each half,
+    items probed in neither, the training texts' SHA-256); every run probed the probed half."""
     execution: dict[str, Any] | None = None
     """How this audit ran: device, dtype, batch size, peak memory, which runs came from the result cache.
     With ``created_at``, ``duration_seconds`` and each run's ``seconds``, these are the only fields that
@@ -106,6 +109,12 @@ class AuditReport:
 def judged_recoveries(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The recoveries the verdict read: net of the reference model's drift where one was quantized, else gross."""
     return record.get("net_recoveries") or record["recoveries"]
+
+
+def attack_labels(record: dict[str, Any]) -> list[str]:
+    """The variants of the record that are attacks of the tamper battery (their proof names the attack), in order."""
+    attacks = {r["variant"] for r in record["runs"] if (r.get("proof") or {}).get("attack")}
+    return [v for v in record["variants"] if v in attacks]
 
 
 VOLATILE = ("created_at", "duration_seconds", "execution")

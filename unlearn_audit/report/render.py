@@ -297,6 +297,55 @@ def published_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def battery_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tamper battery, one row per attack: what it cost on the unlearned model (steps, samples, tokens, seconds)
+    and on the reference, and per judged metric its recovery (net of the reference's gain under the same attack
+    where there is a reference model), with the reference's gain beside it."""
+    from .record import attack_labels, judged_recoveries
+
+    runs = {(r["role"], r["variant"]): r for r in report["runs"]}
+    reference = next((role for role in ("retrain", "reference") if (role, FULL) in runs), None)
+    shares = judged_recoveries(report)
+    rows = []
+    for label in attack_labels(report):
+        proof = (runs.get(("unlearned", label)) or {}).get("proof") or {}
+        ref_proof = (runs.get((reference, label)) or {}).get("proof") or {} if reference else {}
+        rows.append({"label": label, "proof": proof, "reference_seconds": ref_proof.get("seconds"),
+                     "run_seconds": (runs.get(("unlearned", label)) or {}).get("seconds"),
+                     "shares": [x for x in shares if x["variant"] == label]})
+    return rows
+
+
+def _battery_chart(rows: list[dict[str, Any]], threshold: float) -> Markup:
+    """Horizontal bars: each attack's recovery per judged metric (net where there is a reference model), 95% interval
+    whiskers, the threshold as a dashed line; the axis runs from -25% to 125% (values beyond are drawn at the edge)."""
+    bars = [(row["label"], s) for row in rows for s in row["shares"] if s["value"] is not None]
+    if not bars:
+        return Markup("")
+    lo, hi, left, width, step = -0.25, 1.25, 230, 300, 18
+    x = lambda v: left + (max(lo, min(hi, v)) - lo) / (hi - lo) * width  # noqa: E731
+    height = 24 + step * len(bars)
+    parts = [f'<svg class="chart" viewBox="0 0 {left + width + 20} {height + 20}" role="img" '
+             f'aria-label="Recovery by attack">']
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="8" y2="{height}" class="grid"/>'
+                     f'<text x="{x(tick):.1f}" y="{height + 12}" class="axis" text-anchor="middle">{tick:.0%}</text>')
+    parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="8" y2="{height}" class="threshold"/>')
+    for i, (label, share) in enumerate(bars):
+        y = 12 + i * step
+        start, end = sorted((x(0), x(share["value"])))
+        name = Markup.escape(f"{short_variant(label)} · {METRIC_LABELS.get(share['metric'], share['metric'])}")
+        parts.append(f'<text x="{left - 6}" y="{y + 10}" class="axis" text-anchor="end">{name}</text>'
+                     f'<rect x="{start:.1f}" y="{y}" width="{max(end - start, 1):.1f}" height="12" '
+                     f'class="bar-{Markup.escape(share["status"])}"><title>{name}: {share["value"]:.0%} '
+                     f"({Markup.escape(share['status'])})</title></rect>")
+        if share.get("low") is not None and share.get("high") is not None:
+            parts.append(f'<line x1="{x(share["low"]):.1f}" x2="{x(share["high"]):.1f}" y1="{y + 6}" y2="{y + 6}" '
+                         f'class="ci"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -323,6 +372,8 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "diff": report.get("weight_diff"),
         "recovery_rows": _recovery_rows(report),
         "published_rows": published_rows(report),
+        "battery": (battery := battery_rows(report)),
+        "battery_chart": _battery_chart(battery, report["thresholds"]["max_recovery"]),
         "layer_charts": {q: _layer_chart(rows) for q, rows in (report.get("weight_diff") or {}).get("layers", {}).items()},
     }
 
