@@ -5,6 +5,7 @@ audit running the battery with the reference under the same attack as the contro
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -389,3 +390,29 @@ def test_chained_attacks_run_in_the_audit_with_the_split(world, tmp_path):
     assert {s["variant"] for s in record["net_recoveries"]} == {"rtn:4:g128", *chains}
     html = (out / "report.html").read_text()
     assert 'id="tamper-battery"' in html and "then 4-bit RTN" in html
+
+
+def test_full_fine_tuning_moves_each_weight_at_most_the_learning_rate_per_step(model_folder):
+    """Adam's step bound, worked out here: two steps of the linear schedule with warmup (the first at rate 0, which
+    still feeds the moments) move a weight by lr · m̂/sqrt(v̂) (+ decoupled decay lr · wd · |w|), and with gradients
+    g1 = x · g2, m̂/sqrt(v̂) = (β1·x + 1)/(1 + β1) · sqrt((1 + β2)/(β2·x² + 1)), largest at x = β1/β2. Only linear
+    weights train, and every parameter's requires_grad is as before."""
+    loaded = _load(model_folder)
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    grads = {n: p.requires_grad for n, p in loaded.model.named_parameters()}
+    attack = parse_attack("relearn-unrelated:full:e1:n2:lr1e-3")
+    assert attack.settings()["method"].startswith("full fine-tuning") and "rank" not in attack.settings()
+    proof = attack.attack(loaded.model, loaded.tokenizer, seed=0).proof
+    layers = linear_layers(loaded.model)
+    assert proof.steps == 2 and proof.trainable_parameters == sum(layer.weight.numel() for layer in layers.values())
+    b1, b2 = 0.9, 0.999  # torch AdamW's defaults
+    x = b1 / b2
+    ratio = (b1 * x + 1) / (1 + b1) * math.sqrt((1 + b2) / (b2 * x * x + 1))
+    assert 1.001 < ratio < 1.002
+    moved = 0
+    for name, p in loaded.model.named_parameters():
+        delta = (p.detach() - before[name]).abs()
+        assert bool((delta <= 1e-3 * (ratio + 0.01 * before[name].abs()) + 1e-7).all()), name
+        moved += int((delta > 0).sum())
+        assert p.requires_grad == grads[name] and p.grad is None
+    assert moved > 0.5 * proof.trainable_parameters

@@ -126,8 +126,11 @@ def test_demo_shows_a_fail_and_a_pass(world, tmp_path):
     assert "miniature/robust (expected PASS; unconstrained unlearning)" in result.output
     assert "Made by real unlearning methods" in result.output and "miniature/ga_gdr-lr1e-04-fp32" in result.output
     for name, decision in (("fragile", "FAIL"), ("robust", "PASS")):
-        assert _record(tmp_path / name)["verdict"]["decision"] == decision
-        assert (tmp_path / name / "report.html").is_file()
+        record = _record(tmp_path / name)
+        assert record["verdict"]["decision"] == decision
+        assert record["variants"] == ["rtn:4:g128", "relearn-unrelated"]  # the demo shows one attack too
+        assert "--attack relearn-unrelated" in record["command"]
+        assert 'id="tamper-battery"' in (tmp_path / name / "report.html").read_text()
 
 
 def test_miniature_prints_a_usable_cache_line(world):

@@ -43,17 +43,20 @@ def _build_prune(options: list[str]) -> Attack:
 def _relearn_builder(cls: type) -> Callable[[list[str]], Attack]:
     prefixes = {name: RELEARN_OPTIONS[name] for name in cls.options}
     shown = {"rank": "rRANK", "epochs": "eEPOCHS", "samples": "nSAMPLES", "lr": "lrRATE"}
-    fix = "use " + ", ".join(shown[name] for name in prefixes)
+    fix = "use full, " + ", ".join(shown[name] for name in prefixes)
 
     def build(options: list[str]) -> Attack:
         given: dict[str, float] = {}
+        if "full" in options:  # full fine-tuning instead of LoRA
+            given["full"] = True
+            options = [o for o in options if o != "full"]
         for opt in options:  # the longest prefix first: lr before r
             name = next((n for n, p in sorted(prefixes.items(), key=lambda i: -len(i[1])) if opt.startswith(p)), None)
             try:
                 given[name] = (float if name == "lr" else int)(opt[len(prefixes[name]):])
             except (KeyError, ValueError):
-                raise UsageError(f"unknown {cls.name} option '{opt}'", f"{fix}, e.g. {cls.name}:"
-                                 + ":".join(f"{p}{getattr(cls, n):g}" for n, p in prefixes.items())) from None
+                example = ":".join(f"{p}{getattr(cls, n) if n != 'lr' else '2e-4'}" for n, p in prefixes.items())
+                raise UsageError(f"unknown {cls.name} option '{opt}'", f"{fix}, e.g. {cls.name}:{example}") from None
         return cls(**given)
 
     return build
@@ -73,7 +76,7 @@ ATTACKS: dict[str, AttackInfo] = {
         name="relearn-forget",
         summary="LoRA fine-tuning (peft) on the forget set's training half (a seeded split by document, author or "
                 "question), every run probing the other half; merged into the weights; the settings of "
-                "relearn-unrelated (rRANK, eEPOCHS, lrRATE to change)",
+                "relearn-unrelated (rRANK, eEPOCHS, lrRATE to change; full: full fine-tuning, lr 1e-5)",
         example="relearn-forget",
         source="Deeb & Roger, arXiv 2410.08827 (the split); Łucki et al., arXiv 2409.18025 (the fine-tuning)",
         build=_relearn_builder(RelearnForget),
@@ -82,11 +85,12 @@ ATTACKS: dict[str, AttackInfo] = {
     "relearn-unrelated": AttackInfo(
         name="relearn-unrelated",
         summary="LoRA fine-tuning (peft) on 10 unrelated paragraphs of the shipped corpus, merged into the weights: "
-                "rank 128, alpha 16, lr 2e-4, 3 epochs, batch 1 (rRANK, eEPOCHS, nSAMPLES, lrRATE to change)",
+                "rank 128, alpha 16, lr 2e-4, 3 epochs, batch 1 (rRANK, eEPOCHS, nSAMPLES, lrRATE to change; full: "
+                "full fine-tuning of every linear layer instead, lr 1e-5)",
         example="relearn-unrelated",
         source="Łucki et al., arXiv 2409.18025 (their finetune.py's defaults)",
         build=_relearn_builder(RelearnUnrelated),
-        contract_variants=("relearn-unrelated:r8:e1:n2",),
+        contract_variants=("relearn-unrelated:r8:e1:n2", "relearn-unrelated:full:e1:n2:lr1e-3"),
     ),
     "prune": AttackInfo(
         name="prune",

@@ -42,7 +42,10 @@ class _Relearn:
 
     rank: int = 128
     epochs: int = 3
-    lr: float = 2e-4
+    lr: float | None = None
+    """Default: 2e-4 with LoRA (Łucki et al.), 1e-5 with full fine-tuning (MUSE's unlearning and fine-tuning rate)."""
+    full: bool = False
+    """Full fine-tuning of every linear layer instead of a LoRA adapter (``:full``)."""
     alpha: int = 16
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
@@ -53,15 +56,22 @@ class _Relearn:
     """The settings an ``--attack`` item may change (keys of :data:`OPTIONS`)."""
 
     def __post_init__(self) -> None:
-        if min(self.rank, self.epochs) < 1 or not self.lr > 0:
+        if min(self.rank, self.epochs) < 1 or not self.rate > 0:
             raise UsageError(f"{self.label}: rank, epochs and learning rate must be positive",
                              f"e.g. {self.name}:r128:e3:lr2e-4")
+        if self.full and self.rank != type(self).rank:
+            raise UsageError(f"{self.label}: full fine-tuning has no adapter rank", f"drop r{self.rank}")
+
+    @property
+    def rate(self) -> float:
+        """The learning rate: the given one, else the method's default."""
+        return self.lr if self.lr is not None else 1e-5 if self.full else 2e-4
 
     @property
     def label(self) -> str:
         changed = [f"{OPTIONS[name]}{getattr(self, name):g}" for name in self.options
-                   if getattr(self, name) != getattr(type(self), name)]  # the defaults are the class's
-        return ":".join([self.name, *changed])
+                   if getattr(self, name) is not None and getattr(self, name) != getattr(type(self), name)]
+        return ":".join([self.name, *(["full"] if self.full else []), *changed])
 
     def require(self) -> None:
         pass  # peft is a dependency
@@ -73,9 +83,11 @@ class _Relearn:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"method": "LoRA fine-tuning (peft), merged", "source": "Łucki et al., arXiv 2409.18025",
-                "rank": self.rank, "alpha": self.alpha, "dropout": 0.0, "epochs": self.epochs, "batch_size": 1,
-                "lr": self.lr, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
+        method = ({"method": "full fine-tuning of every linear layer (embeddings, norms, lm_head frozen)"} if self.full
+                  else {"method": "LoRA fine-tuning (peft), merged", "rank": self.rank, "alpha": self.alpha,
+                        "dropout": 0.0})
+        return {**method, "source": "Łucki et al., arXiv 2409.18025", "epochs": self.epochs, "batch_size": 1,
+                "lr": self.rate, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
                 "schedule": "linear", "optimizer": "torch AdamW", "max_tokens": MAX_TOKENS, **self._data(),
                 "samples_sha256": [sha256(t) for t in self.texts()]}
 
@@ -84,13 +96,16 @@ class _Relearn:
         started = time.time()
         settings = self.settings()
         texts = self.texts()
-        adapted, stats = train_adapter(model, tokenizer, texts, rank=self.rank, alpha=self.alpha, lr=self.lr,
-                                       epochs=self.epochs, weight_decay=self.weight_decay,
-                                       warmup_ratio=self.warmup_ratio, seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            merged = adapted.merge_and_unload()
-        assert merged is model  # merged in place: the audit restores the checkpoint's weights afterwards
+        common = {"lr": self.rate, "epochs": self.epochs, "weight_decay": self.weight_decay,
+                  "warmup_ratio": self.warmup_ratio, "seed": seed}
+        if self.full:
+            stats = train_full(model, tokenizer, texts, **common)
+        else:
+            adapted, stats = train_adapter(model, tokenizer, texts, rank=self.rank, alpha=self.alpha, **common)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                merged = adapted.merge_and_unload()
+            assert merged is model  # merged in place: the audit restores the checkpoint's weights afterwards
         proof = AttackProof(attack=self.name, seed=seed, seconds=round(time.time() - started, 3),
                             layers_changed=stats["layers"], steps=stats["steps"], samples=len(texts),
                             samples_sha256=settings["samples_sha256"], trainable_parameters=stats["trainable"],
@@ -154,8 +169,6 @@ def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: i
                   epochs: int, weight_decay: float, warmup_ratio: float, seed: int) -> tuple[Any, dict[str, int]]:
     """A LoRA adapter on every linear layer (not ``lm_head`` or embeddings) trained on ``texts`` as causal language
     modelling, batch 1, in order, seeded; returns the peft model (not merged) and what training did."""
-    from transformers import get_linear_schedule_with_warmup
-
     peft = import_peft()
 
     targets = sorted(linear_layers(model))
@@ -164,11 +177,43 @@ def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: i
     with warnings.catch_warnings():  # transformers' deprecation notices to peft, nothing for our users to act on
         warnings.simplefilter("ignore")
         adapted = peft.get_peft_model(model, config)
+    trainable = [p for p in adapted.parameters() if p.requires_grad]
+    stats = _train(adapted, model, tokenizer, texts, trainable, lr=lr, epochs=epochs, weight_decay=weight_decay,
+                   warmup_ratio=warmup_ratio)
+    return adapted, {"layers": len(targets), **stats}
+
+
+def train_full(model: nn.Module, tokenizer: Any, texts: list[str], *, lr: float, epochs: int, weight_decay: float,
+               warmup_ratio: float, seed: int) -> dict[str, int]:
+    """Full fine-tuning of every linear layer's weight (the layers LoRA would adapt; embeddings, norms and ``lm_head``
+    frozen) on ``texts``, in place, with the same loop as :func:`train_adapter`; returns what training did."""
+    layers = linear_layers(model)
+    trainable = [layer.weight for layer in layers.values()]
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    torch.manual_seed(seed)
+    try:
+        stats = _train(model, model, tokenizer, texts, trainable, lr=lr, epochs=epochs, weight_decay=weight_decay,
+                       warmup_ratio=warmup_ratio)
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(frozen[name])
+            p.grad = None
+    return {"layers": len(layers), **stats}
+
+
+def _train(trained: nn.Module, model: nn.Module, tokenizer: Any, texts: list[str], trainable: list[torch.Tensor], *,
+           lr: float, epochs: int, weight_decay: float, warmup_ratio: float) -> dict[str, int]:
+    """Causal language modelling on ``texts``, batch 1, in order: AdamW (torch), linear schedule with warmup."""
+    from transformers import get_linear_schedule_with_warmup
+
     device = next(model.parameters()).device
     limit = min(MAX_TOKENS, getattr(model.config, "max_position_embeddings", MAX_TOKENS) or MAX_TOKENS)
     batches = [tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)["input_ids"].to(device)
                for text in texts]
-    trainable = [p for p in adapted.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     total = epochs * len(batches)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)
@@ -176,11 +221,10 @@ def train_adapter(model: nn.Module, tokenizer: Any, texts: list[str], *, rank: i
     with torch.enable_grad():
         for _ in range(epochs):
             for ids in batches:
-                loss = adapted(input_ids=ids, labels=ids).loss
+                loss = trained(input_ids=ids, labels=ids).loss
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 tokens += int(ids.numel())
-    return adapted, {"layers": len(targets), "steps": total, "tokens": tokens,
-                     "trainable": sum(p.numel() for p in trainable)}
+    return {"steps": total, "tokens": tokens, "trainable": sum(p.numel() for p in trainable)}

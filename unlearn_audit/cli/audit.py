@@ -33,8 +33,8 @@ def check(
     quant: QuantOpt = list(DEFAULT_QUANT),
     attack: Annotated[list[str], typer.Option(
         "--attack", metavar="ATTACKS", help="Attacks of the tamper battery to run as variants too, comma-separated: "
-        "prune:FRACTION, relearn-unrelated[:rRANK:eEPOCHS:nSAMPLES:lrRATE], or battery (all); see: unlearn-audit "
-        "attacks.")] = [],
+        "relearn-forget, relearn-unrelated, icl:K, prune:FRACTION, ATTACK+rtn:4, or battery (all); see: "
+        "unlearn-audit attacks.")] = [],
     out_dir: OutOpt = Path("unlearn-audit-out"),
     formats: FormatOpt = ",".join(DEFAULT_FORMATS),
     max_recovery: Annotated[float, typer.Option(help="FAIL when a variant recovers more than this share.")] = 0.25,
@@ -166,6 +166,9 @@ one it does not (PASS); TOFU and WMDP audited through their ``--forget`` presets
 def demo(
     out_dir: OutOpt = Path("unlearn-audit-demo"),
     quant: QuantOpt = ["rtn:8,rtn:4,bnb:fp4"],
+    attack: Annotated[list[str], typer.Option(
+        "--attack", metavar="ATTACKS", help="Attacks of the tamper battery to run too (none: --attack '').")] = [
+        "relearn-unrelated"],
     root: RootOpt = None,
     rebuild: RebuildOpt = False,
     world: Annotated[str, typer.Option(
@@ -188,11 +191,13 @@ def demo(
                 folder = out_dir / model if len(names) == 1 else out_dir / name / model
                 prepare_out_dir(folder)
                 forget = f" --forget {spec['forget']}" if spec["forget"] else ""
-                config = AuditConfig(model=built.repo(model), forget=spec["forget"], quant=_split(quant), out_dir=folder,
-                                     cache_dir=built.hub_cache, offline=True,
+                attacks = _split(attack)
+                flag = f" --attack {','.join(attacks)}" if attacks else ""
+                config = AuditConfig(model=built.repo(model), forget=spec["forget"], quant=_split(quant),
+                                     attack=attacks, out_dir=folder, cache_dir=built.hub_cache, offline=True,
                                      command=f"HF_HUB_CACHE={shlex.quote(str(built.hub_cache))} HF_HUB_OFFLINE=1 "
-                                     f"unlearn-audit check {built.repo(model)}{forget} --quant {','.join(_split(quant))} "
-                                     f"--out {shlex.quote(str(folder))}")
+                                     f"unlearn-audit check {built.repo(model)}{forget} --quant {','.join(_split(quant))}"
+                                     f"{flag} --out {shlex.quote(str(folder))}")
                 with reporter() as progress:
                     report = audit(config, progress)
                 files = write_reports(report, folder, config.formats)
