@@ -416,3 +416,27 @@ def test_full_fine_tuning_moves_each_weight_at_most_the_learning_rate_per_step(m
         moved += int((delta > 0).sum())
         assert p.requires_grad == grads[name] and p.grad is None
     assert moved > 0.5 * proof.trainable_parameters
+
+
+def test_the_split_attacks_give_the_same_figures_twice_and_the_cache_key_covers_their_settings(world, tmp_path):
+    from unlearn_audit.auditing.cache import ResultCache
+
+    def run(out: str, attacks: str, *extra: str) -> dict:
+        result = CliRunner().invoke(app, ["check", "miniature/fragile", "--quant", "rtn:4", "--attack", attacks,
+                                          "--max-items", "12", "--min-items", "1", "--cache-dir",
+                                          str(world.hub_cache), "--out", str(tmp_path / out), *extra])
+        assert result.exit_code in (0, 1, 4), result.output
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    results = tmp_path / "results"
+    first = run("a", "relearn-forget:r8:e1,icl:2", "--results-dir", str(results))
+    again = run("b", "relearn-forget:r8:e1,icl:2", "--no-cache")
+    for a, b in zip(first["runs"], again["runs"]):
+        assert (a["role"], a["variant"], a["metrics"]) == (b["role"], b["variant"], b["metrics"])
+    assert first["split"] == again["split"]
+    stored = len(list(ResultCache(results).root.rglob("*.json")))
+    other = run("c", "relearn-forget:r8:e1:lr1e-3,icl:3", "--results-dir", str(results))  # new settings: new runs
+    assert not any(c.endswith(("relearn-forget:r8:e1:lr0.001", "icl:3")) for c in other["execution"]["cache"]["reused"])
+    assert len(list(ResultCache(results).root.rglob("*.json"))) > stored
+    reseeded = run("d", "relearn-forget:r8:e1,icl:2", "--results-dir", str(results), "--seed", "1")
+    assert reseeded["split"]["train_units"] != first["split"]["train_units"]  # another seed, another split

@@ -56,7 +56,8 @@ def check(
         "--max-model-len", help="vllm: longest sequence it plans for (default: the model's context).")] = None,
     chat_template: Annotated[bool, typer.Option(
         "--chat-template", help="Apply the tokenizer's chat template to KnowMem questions (instruct models).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of sampling, if any).")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the bootstrap, the attacks and their forget-set split (and of sampling, if any).")] = 0,
     flavour: Annotated[str, typer.Option(
         help="Metric details to follow: muse (no ROUGE stemmer, Min-K% over int(n*k)) or open-unlearning "
              "(stemmer, max(1, int(n*k))).")] = "muse",
