@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from unlearn_audit.cli import app
 
 COMMANDS = [[], ["check"], ["screen"], ["demo"], ["miniature"], ["diff"], ["quantizers"], ["attacks"], ["probes"], ["report"],
-            ["card"], ["schema"], ["compare"], ["spec"], ["spec", "init"], ["spec", "validate"], ["spec", "show"]]
+            ["card"], ["schema"], ["compare"], ["sweep"], ["spec"], ["spec", "init"], ["spec", "validate"], ["spec", "show"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "unlearn-audit")

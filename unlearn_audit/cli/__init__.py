@@ -1,7 +1,7 @@
 """The ``unlearn-audit`` command: a thin adapter from flags to the library API and exit codes.
 
 One module per group of commands (``audit``: check, demo, miniature; ``inspect``: diff, quantizers, probes;
-``records``: report, card, compare, schema; ``spec``); ``common`` holds the app, the option aliases and
+``records``: report, card, compare, schema; ``spec``; ``sweep``); ``common`` holds the app, the option aliases and
 the one place where failures become a line and an exit code.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..version import __version__
-from . import audit, inspect, records, spec  # noqa: F401  (registers the commands)
+from . import audit, inspect, records, spec, sweep  # noqa: F401  (registers the commands)
 from .common import app, guarded, out
 
 __all__ = ["app", "guarded", "main"]

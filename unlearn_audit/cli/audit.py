@@ -111,10 +111,23 @@ def check(
 def _audit(o: dict, *, screen_only: bool) -> int:
     """``check`` and ``screen``: the options into one :class:`AuditConfig`, the audit, the reports."""
     from ..auditing import audit, prepare_out_dir, write_reports
+
+    config = audit_config(o, screen_only=screen_only)
+    prepare_out_dir(o["out_dir"])
+    with reporter() as progress:
+        report = audit(config, progress)
+    files = write_reports(report, o["out_dir"], config.formats)
+    _ci_outputs(report.to_dict(), o["junit"])
+    _print_verdict(report.verdict, files)
+    return int(report.verdict["exit_code"])
+
+
+def audit_config(o: dict, *, screen_only: bool) -> AuditConfig:
+    """``check``'s options as one :class:`AuditConfig` (``screen``, ``sweep`` share them)."""
     from ..probes.metrics import JUDGED, SCREEN_JUDGED
     from ..probes.registry import SCREEN
 
-    config = AuditConfig(
+    return AuditConfig(
         model=o["model"], revision=o["revision"], original=o["original"], original_revision=o["original_revision"],
         tokenizer=o["tokenizer"], forget=o["forget"], spec_path=o["spec"], quant=_split(o["quant"]),
         attack=_split(o["attack"]) if o["attack"] else (),
@@ -131,13 +144,6 @@ def _audit(o: dict, *, screen_only: bool) -> int:
         published=o["published"], published_max=o["published_max"], published_files=o["published_files"],
         cache_dir=o["cache_dir"], offline=o["offline"] or None, trust_remote_code=o["trust_remote_code"],
         allow_pickle=o["allow_pickle"], command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
-    prepare_out_dir(o["out_dir"])
-    with reporter() as progress:
-        report = audit(config, progress)
-    files = write_reports(report, o["out_dir"], config.formats)
-    _ci_outputs(report.to_dict(), o["junit"])
-    _print_verdict(report.verdict, files)
-    return int(report.verdict["exit_code"])
 
 
 @functools.wraps(check)
