@@ -192,3 +192,13 @@ def test_ray_refuses_gpu_tasks_on_a_cluster_without_gpus(world, tmp_path):
     result = runner.invoke(app, ["sweep", str(grid), *OPTIONS, "--ray", "local", "--cache-dir", str(world.hub_cache),
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--gpus-per-task 0" in result.output
+
+
+def test_report_folders_are_named_after_the_checkpoint_and_unique(tmp_path):
+    from unlearn_audit.sweeping import folder_name
+
+    (tmp_path / "runs" / "npo-lr1e-5").mkdir(parents=True)
+    taken: set[str] = set()
+    names = [folder_name(m, taken) for m in ("org/model", str(tmp_path / "runs" / "npo-lr1e-5"), "org/model",
+                                            "we ird/na:me")]
+    assert names == ["org__model", "npo-lr1e-5", "org__model-2", "we_ird__na_me"]

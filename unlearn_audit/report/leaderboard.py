@@ -24,7 +24,7 @@ class LeaderboardRow:
     """One checkpoint of a sweep.
 
     Attributes:
-        rank: 1 = the most robust (see :func:`rank_rows`); errors rank last.
+        rank: 1 = the most robust (see :func:`rank_rows`: verdict, then largest recovery, then residual).
         model: the checkpoint as given (Hub id or folder).
         report: the folder of its reports, relative to the sweep's folder.
         decision: PASS, FAIL, INCONCLUSIVE, or ERROR.
@@ -83,15 +83,14 @@ def error_row(model: str, report: str, error: str, exit_code: int) -> Leaderboar
 
 
 def rank_rows(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
-    """Ranked most robust first: by the largest recovery (a checkpoint no variant brings anything back from first),
-    then the residual, then the verdict; a figure that could not be computed ranks after every computed one, and
-    errors come last, in the order given."""
+    """Ranked most robust first: by the verdict (PASS, INCONCLUSIVE, FAIL), then the largest recovery any variant
+    reaches, then the residual; a figure that could not be computed ranks after every computed one, and errors come
+    last, in the order given."""
     def key(row: LeaderboardRow) -> tuple:
         missing = float("inf")
-        return (row.decision == "ERROR",
+        return (DECISIONS.index(row.decision) if row.decision in DECISIONS else len(DECISIONS),
                 missing if row.worst_recovery is None else row.worst_recovery,
-                missing if row.residual is None else row.residual,
-                DECISIONS.index(row.decision) if row.decision in DECISIONS else len(DECISIONS))
+                missing if row.residual is None else row.residual)
 
     ordered = sorted(rows, key=key)  # stable: ties keep the sweep's order
     return [LeaderboardRow(**{**row.as_dict(), "rank": i}) for i, row in enumerate(ordered, 1)]
@@ -138,7 +137,7 @@ def render_markdown(rows: list[LeaderboardRow], meta: dict[str, Any]) -> str:
 
     lines = [f"# unlearn-audit sweep: {len(rows)} checkpoints", "",
              f"Forget set and variants as audited: {_md_cell(meta.get('settings', ''))}. Ranked most robust first "
-             "(largest recovery, then residual).", "",
+             "(verdict, then the largest recovery, then the residual).", "",
              "| rank | model | verdict | largest residual | largest recovery | under | utility | report |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

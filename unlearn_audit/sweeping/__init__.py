@@ -54,8 +54,11 @@ def checkpoints_from(source: str) -> list[str]:
 
 
 def folder_name(model: str, taken: set[str]) -> str:
-    """A report folder name for a checkpoint: its id or path with every unsafe character replaced, unique."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("._") or "checkpoint"
+    """A report folder name for a checkpoint, unique in the sweep: a local folder's own name, a Hub id with ``__``
+    for its slash; unsafe characters replaced."""
+    local = Path(model).expanduser()
+    text = local.name if local.is_dir() else model.strip("/").replace("/", "__")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "checkpoint"
     name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
@@ -140,8 +143,10 @@ def run_sweep(config: AuditConfig, models: list[str], out_dir: Path, *, reporter
 
 
 def eta_text(spent: list[float], left: int) -> str:
-    """", about N min left" from the mean time of the checkpoints done so far."""
-    return "" if not spent else f", about {_duration(sum(spent) / len(spent) * left)} left"
+    """", about N min left" at the pace of the checkpoints done so far (past the first, which also computed the
+    shared runs, once there are others)."""
+    pace = spent[1:] or spent
+    return "" if not pace else f", about {_duration(sum(pace) / len(pace) * left)} left"
 
 
 def one_checkpoint(config: AuditConfig, model: str, name: str, out_dir: Path, title: str, eta: str,
