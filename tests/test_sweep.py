@@ -202,3 +202,23 @@ def test_report_folders_are_named_after_the_checkpoint_and_unique(tmp_path):
     names = [folder_name(m, taken) for m in ("org/model", str(tmp_path / "runs" / "npo-lr1e-5"), "org/model",
                                             "we ird/na:me")]
     assert names == ["org__model", "npo-lr1e-5", "org__model-2", "we_ird__na_me"]
+
+
+def test_a_hub_collection_gives_its_models_in_order_and_offline_is_one_line(monkeypatch):
+    """The collection's items as huggingface_hub returns them (its own CollectionItem, built from the API's JSON
+    shape); the Hub itself is not reachable here, so offline mode is the error path."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import CollectionItem
+
+    from unlearn_audit.sweeping import checkpoints_from_collection
+
+    items = [CollectionItem(_id="3", id="org/npo-b", type="model", position=2),
+             CollectionItem(_id="1", id="org/npo-a", type="model", position=0),
+             CollectionItem(_id="2", id="org/tofu", type="dataset", position=1)]
+    monkeypatch.setattr(huggingface_hub, "get_collection", lambda slug: type("C", (), {"items": items})())
+    assert checkpoints_from_collection("org/grid-123") == ["org/npo-a", "org/npo-b"]
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="cannot read the Hub collection"):
+        checkpoints_from_collection("org/grid-123")  # HF_HUB_OFFLINE=1 in the suite
+    result = runner.invoke(app, ["sweep"])
+    assert result.exit_code == 2 and "--collection" in result.output

@@ -20,9 +20,13 @@ def sweep(**options: object) -> None:
 
 
 def _sweep(o: dict) -> int:
-    from ..sweeping import checkpoints_from, run_sweep
+    from ..errors import UsageError
+    from ..sweeping import checkpoints_from, checkpoints_from_collection, run_sweep
 
-    models = checkpoints_from(str(o["source"]))
+    if (o["source"] is None) == (o["collection"] is None):
+        raise UsageError("give the checkpoints as SOURCE (a file or a glob) or --collection, one of the two",
+                         "e.g. unlearn-audit sweep grid.txt, or unlearn-audit sweep --collection ORG/NAME-ID")
+    models = checkpoints_from(o["source"]) if o["source"] is not None else checkpoints_from_collection(o["collection"])
     defaults = {p.name: p.default for p in inspect.signature(check).parameters.values() if p.name in SKIPPED}
     config = audit_config({**defaults, **o, "model": models[0]}, screen_only=False)  # check's defaults for the rest
     out_dir = Path(o["out_dir"])
@@ -42,10 +46,14 @@ def _sweep(o: dict) -> int:
 
 def _signature() -> inspect.Signature:
     """``check``'s options (less those naming one checkpoint), SOURCE first, the output folder the sweep's."""
-    source = inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-        str, typer.Argument(metavar="SOURCE", help="A text file with one Hub id or folder per line, or a quoted glob "
-                                                   "of folders.")])
-    params = [source]
+    source = inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        Optional[str], typer.Argument(metavar="SOURCE", help="A text file with one Hub id or folder per line, or a "
+                                                             "quoted glob of folders (or --collection).")])
+    collection = inspect.Parameter("collection", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                   annotation=Annotated[Optional[str], typer.Option(
+                                       "--collection", metavar="ORG/NAME-ID",
+                                       help="The models of a Hub collection instead of SOURCE.")])
+    params = [source, collection]
     for p in inspect.signature(check, eval_str=True).parameters.values():
         if p.name in SKIPPED:
             continue

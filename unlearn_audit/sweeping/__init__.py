@@ -53,6 +53,23 @@ def checkpoints_from(source: str) -> list[str]:
     return items
 
 
+def checkpoints_from_collection(slug: str) -> list[str]:
+    """The models of a Hub collection (``ORG/NAME-ID`` as in its address), in the collection's order."""
+    from huggingface_hub import get_collection
+
+    try:
+        collection = get_collection(slug)
+    except Exception as exc:  # noqa: BLE001 - network, offline mode, a wrong or private slug: one line each
+        raise InputError(f"cannot read the Hub collection {slug} ({type(exc).__name__})",
+                         "give its slug as in its address (ORG/NAME-ID), be online (not HF_HUB_OFFLINE), and set "
+                         "HF_TOKEN for a private one; or list the models in a file") from None
+    models = [item.item_id for item in sorted(collection.items, key=lambda item: item.position)
+              if item.item_type == "model"]
+    if not models:
+        raise InputError(f"the Hub collection {slug} holds no model", "give a collection of models, or a file")
+    return models
+
+
 def folder_name(model: str, taken: set[str]) -> str:
     """A report folder name for a checkpoint, unique in the sweep: a local folder's own name, a Hub id with ``__``
     for its slash; unsafe characters replaced."""
