@@ -222,3 +222,33 @@ def test_a_hub_collection_gives_its_models_in_order_and_offline_is_one_line(monk
         checkpoints_from_collection("org/grid-123")  # HF_HUB_OFFLINE=1 in the suite
     result = runner.invoke(app, ["sweep"])
     assert result.exit_code == 2 and "--collection" in result.output
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(world, tmp_path):
+    """SIGKILL once the first checkpoint's record is written, then the same command again: the first is kept, the
+    second audited; the leaderboard has both."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = tmp_path / "grid.txt"
+    grid.write_text("miniature/robust\nminiature/fragile\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "unlearn_audit.cli", "sweep", str(grid), *OPTIONS, "--cache-dir",
+               str(world.hub_cache), "--results-dir", str(tmp_path / "results"), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    first = out / "miniature__robust" / ".sweep-key"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (out / "leaderboard.json").exists()
+    result = runner.invoke(app, command[3:])
+    assert result.exit_code == 1, result.output
+    rows = {row["model"]: row for row in json.loads((out / "leaderboard.json").read_text())["rows"]}
+    assert rows["miniature/robust"]["resumed"] and not rows["miniature/fragile"]["resumed"]
+    assert rows["miniature/fragile"]["decision"] == "FAIL"
