@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,14 @@ class AuditConfig:
             return self.dtype
         on_cpu = resolve_device(self.device).startswith("cpu")
         return "float32" if on_cpu and self.device_map is None else "bfloat16"
+
+    def screen_only(self) -> AuditConfig:
+        """This audit as ``screen`` runs it: the loss screen alone, judged on the loss alone."""
+        from .probes.metrics import SCREEN_JUDGED
+        from .probes.registry import SCREEN
+
+        return replace(self, probes=replace(self.probes, only=SCREEN),
+                       thresholds=replace(self.thresholds, judged=SCREEN_JUDGED))
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready view for the report (paths as strings)."""

@@ -38,7 +38,8 @@ OPTIONS = {"rank": "r", "epochs": "e", "samples": "n", "lr": "lr"}
 
 @dataclass(frozen=True)
 class _Relearn:
-    """LoRA fine-tuning at Łucki et al.'s defaults on some texts, merged into the weights."""
+    """Fine-tuning on some texts at Łucki et al.'s settings: a LoRA adapter merged into the weights, or (``full``) every
+    linear layer."""
 
     rank: int = 128
     epochs: int = 3

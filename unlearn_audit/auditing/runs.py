@@ -138,8 +138,7 @@ def compute_run(quantizer: Quantizer | None, role: str, repo: ResolvedRepo, load
         source = saved_checkpoint(scratch / "served", role, label)  # apart from the checkpoints kept to compare
         model.save_pretrained(source)
     prompted = getattr(quantizer, "probe_data", None)  # the icl attack (alone or chained): other prompts
-    if prompted is not None and prompted() is not None:
-        data = prompted()
+    data = (prompted() if prompted is not None else None) or data
     try:
         with library_failures(label, model) if quantizer is not None else contextlib.nullcontext():
             probes = run_probes(model, loaded.tokenizer, data, config, reporter, title,

@@ -124,26 +124,24 @@ def _audit(o: dict, *, screen_only: bool) -> int:
 
 def audit_config(o: dict, *, screen_only: bool) -> AuditConfig:
     """``check``'s options as one :class:`AuditConfig` (``screen``, ``sweep`` share them)."""
-    from ..probes.metrics import JUDGED, SCREEN_JUDGED
-    from ..probes.registry import SCREEN
-
-    return AuditConfig(
+    config = AuditConfig(
         model=o["model"], revision=o["revision"], original=o["original"], original_revision=o["original_revision"],
         tokenizer=o["tokenizer"], forget=o["forget"], spec_path=o["spec"], quant=_split(o["quant"]),
         attack=_split(o["attack"]) if o["attack"] else (),
         out_dir=o["out_dir"], formats=_split(o["formats"]),
         thresholds=Thresholds(max_recovery=o["max_recovery"], max_residual=o["max_residual"], min_gap=o["min_gap"],
-                              min_items=o["min_items"], judged=SCREEN_JUDGED if screen_only else JUDGED),
+                              min_items=o["min_items"]),
         probes=ProbeSettings(max_items=o["max_items"], batch_size=_batch_size(o["batch_size"]), engine=o["engine"],
                              tensor_parallel=o["tensor_parallel"], pipeline_parallel=o["pipeline_parallel"],
                              gpu_memory_utilization=o["gpu_memory_utilization"], max_model_len=o["max_model_len"],
                              seed=o["seed"], flavour=o["flavour"], lm_eval=o["lm_eval"], chat_template=o["chat_template"],
-                             sample_temperature=o["sample_temperature"], only=SCREEN if screen_only else None),
+                             sample_temperature=o["sample_temperature"]),
         device=o["device"], dtype=o["dtype"], device_map=o["device_map"], cache_results=o["cache"],
         results_dir=o["results_dir"], calibration=o["calibration"], scratch_dir=o["scratch"],
         published=o["published"], published_max=o["published_max"], published_files=o["published_files"],
         cache_dir=o["cache_dir"], offline=o["offline"] or None, trust_remote_code=o["trust_remote_code"],
         allow_pickle=o["allow_pickle"], command=shlex.join(["unlearn-audit", *sys.argv[1:]]))
+    return config.screen_only() if screen_only else config
 
 
 @functools.wraps(check)

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .data import ChoiceItems, ForgetData, QASet, TofuItems
 
 UNITS = {"muse": "document", "tofu": "author", "wmdp": "question"}
@@ -120,21 +120,18 @@ def _muse(data: ForgetData, seed: int) -> ForgetSplit:
     train_docs, probe_docs = _halves(len(documents), seed, "document")
     verbmem = _tied(data.verbmem_prompts, documents)
     knowmem = _tied(data.knowmem_forget.answers, documents)
+    qa = data.knowmem_forget
     halves = {}
-    dropped = {"verbmem": 0, "knowmem_forget": 0}
     for name, docs in (("train", set(train_docs)), ("probe", set(probe_docs))):
         v = [i for i, tied in enumerate(verbmem) if tied and tied <= docs]
         k = [i for i, tied in enumerate(knowmem) if tied and tied <= docs]
-        qa = data.knowmem_forget
         halves[name] = replace(data, verbmem_prompts=_pick(data.verbmem_prompts, v),
                                verbmem_refs=_pick(data.verbmem_refs, v),
                                knowmem_forget=QASet(_pick(qa.questions, k), _pick(qa.answers, k), qa.icl_questions,
                                                     qa.icl_answers),
                                privleak_forget=_pick(documents, sorted(docs)))
-        dropped["verbmem"] += len(v)
-        dropped["knowmem_forget"] += len(k)
-    dropped = {"verbmem": len(verbmem) - dropped["verbmem"],
-               "knowmem_forget": len(knowmem) - dropped["knowmem_forget"]}
+    dropped = {"verbmem": len(verbmem) - sum(len(h.verbmem_prompts) for h in halves.values()),
+               "knowmem_forget": len(knowmem) - sum(len(h.knowmem_forget.questions) for h in halves.values())}
     return ForgetSplit(halves["probe"], halves["train"], "document", seed, train_docs, probe_docs, dropped)
 
 
@@ -181,7 +178,8 @@ def split_forget(data: ForgetData, seed: int, author_items: int = 20) -> ForgetS
 
 def with_shots(split: ForgetSplit, k: int) -> tuple[ForgetData, list[str]]:
     """The probed half with ``k`` items of the training half (drawn with the split's seed, the same for every probed
-    item and every model; all of them when it has fewer: the settings record how many) before each probed forget item, in the benchmark's own prompt format, and the shots as text:
+    item and every model; all of them when it has fewer: the settings record how many) before each probed forget
+    item, in the benchmark's own prompt format, and the shots as text:
 
     * MUSE: KnowMem's in-context pairs are the ``k`` training questions with answers, then the dataset's own. VerbMem
       (a passage to continue) and PrivLeak (a membership test on texts) are question-free: unchanged, as the attack
@@ -189,26 +187,23 @@ def with_shots(split: ForgetSplit, k: int) -> tuple[ForgetData, list[str]]:
     * TOFU: ``k`` question-answer turns before the question (the template's tags, or chat turns).
     * WMDP: ``k`` solved questions after the description, as lm-evaluation-harness's few-shot prompt lays them out.
     """
-    from ..errors import UsageError
-
     train, probe = split.train, split.probe
-    available = {"tofu": lambda: len(train.tofu["forget"].questions), "wmdp": lambda: len(train.wmdp.questions),
-                 "muse": lambda: len(train.knowmem_forget.questions)}[train.benchmark]()
-    if k < 1 or not available:
-        raise UsageError(f"icl:{k} has no example to show: the training half has {available} questions",
-                         "probe more items (--max-items) or drop the icl attack")
-    pick = sorted(random.Random(split.seed).sample(range(available), min(k, available)))  # all there are, if fewer
     if train.benchmark == "tofu":
-        t = train.tofu["forget"]
-        shots = [(t.questions[i], t.answers[i]) for i in pick]
+        pool = list(zip(train.tofu["forget"].questions, train.tofu["forget"].answers))
+    elif train.benchmark == "wmdp":
+        pool = list(zip(train.wmdp.questions, train.wmdp.choices, train.wmdp.answers))
+    else:
+        pool = list(zip(train.knowmem_forget.questions, train.knowmem_forget.answers))
+    if k < 1 or not pool:
+        raise UsageError(f"icl:{k} has no example to show: the training half has {len(pool)} questions",
+                         "probe more items (--max-items) or drop the icl attack")
+    picked = sorted(random.Random(split.seed).sample(range(len(pool)), min(k, len(pool))))  # all, if fewer than k
+    shots = [pool[i] for i in picked]
+    if train.benchmark == "tofu":
         data = replace(probe, tofu={**probe.tofu, "forget": replace(probe.tofu["forget"], shots=shots)})
         return data, [qa_text(q, a) for q, a in shots]
     if train.benchmark == "wmdp":
-        w = train.wmdp
-        shots = [(w.questions[i], w.choices[i], w.answers[i]) for i in pick]
         return replace(probe, wmdp=replace(probe.wmdp, shots=shots)), [qa_text(q.strip(), c[a]) for q, c, a in shots]
-    qa = train.knowmem_forget
-    questions, answers = _pick(qa.questions, pick), _pick(qa.answers, pick)
-    knowmem = replace(probe.knowmem_forget, icl_questions=questions + probe.knowmem_forget.icl_questions,
-                      icl_answers=answers + probe.knowmem_forget.icl_answers)
-    return replace(probe, knowmem_forget=knowmem), [qa_text(q, a) for q, a in zip(questions, answers)]
+    knowmem = replace(probe.knowmem_forget, icl_questions=[q for q, _ in shots] + probe.knowmem_forget.icl_questions,
+                      icl_answers=[a for _, a in shots] + probe.knowmem_forget.icl_answers)
+    return replace(probe, knowmem_forget=knowmem), [qa_text(q, a) for q, a in shots]

@@ -14,7 +14,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..analysis.figures import FULL, METRIC_LABELS, METRIC_NOUNS
+from ..analysis.figures import FULL, METRIC_LABELS, METRIC_NOUNS, REFERENCE_ROLES
 from ..support.formatting import percent
 from .names import short_variant, variant_name
 from .record import judged_recoveries
@@ -79,7 +79,7 @@ def _metric_rows(report: dict[str, Any], metrics: tuple[str, ...] = MAIN_ROWS
     """(rows, columns): one row per metric, one column per (role, variant), cells with intervals."""
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
     columns = [("original", FULL), ("unlearned", FULL)]
-    for role in ("retrain", "reference"):  # the reference model at full precision (its drift: the recovery table)
+    for role in REFERENCE_ROLES:  # the reference model at full precision (its drift: the recovery table)
         if (role, FULL) in runs:
             columns.insert(1, (role, FULL))
     for v in report["variants"]:
@@ -304,15 +304,14 @@ def battery_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     from .record import attack_labels, judged_recoveries
 
     runs = {(r["role"], r["variant"]): r for r in report["runs"]}
-    reference = next((role for role in ("retrain", "reference") if (role, FULL) in runs), None)
+    reference = next((role for role in REFERENCE_ROLES if (role, FULL) in runs), None)
     shares = judged_recoveries(report)
     rows = []
     for label in attack_labels(report):
-        proof = (runs.get(("unlearned", label)) or {}).get("proof") or {}
+        run = runs.get(("unlearned", label)) or {}
         ref_proof = (runs.get((reference, label)) or {}).get("proof") or {} if reference else {}
-        rows.append({"label": label, "proof": proof, "reference_seconds": ref_proof.get("seconds"),
-                     "run_seconds": (runs.get(("unlearned", label)) or {}).get("seconds"),
-                     "shares": [x for x in shares if x["variant"] == label]})
+        rows.append({"label": label, "proof": run.get("proof") or {}, "reference_seconds": ref_proof.get("seconds"),
+                     "run_seconds": run.get("seconds"), "shares": [x for x in shares if x["variant"] == label]})
     return rows
 
 

@@ -111,15 +111,6 @@ def _resumable(folder: Path, key: str) -> dict[str, Any] | None:
         return None
 
 
-def screen_config(config: AuditConfig) -> AuditConfig:
-    """``config`` as ``screen`` runs it: the loss screen alone, judged on the loss alone."""
-    from ..probes.metrics import SCREEN_JUDGED
-    from ..probes.registry import SCREEN
-
-    return dataclasses.replace(config, probes=dataclasses.replace(config.probes, only=SCREEN),
-                               thresholds=dataclasses.replace(config.thresholds, judged=SCREEN_JUDGED))
-
-
 def run_sweep(config: AuditConfig, models: list[str], out_dir: Path, *, reporter: Reporter | None = None,
               note: Callable[[str], None] = lambda text: None, resume: bool = True, triage: bool = False,
               ray_address: str | None = None, gpus_per_task: float = 1.0) -> Sweep:
@@ -173,8 +164,8 @@ def one_checkpoint(config: AuditConfig, model: str, name: str, out_dir: Path, ti
     audit; an error is its row."""
     folder = out_dir / name
     full = dataclasses.replace(config, model=model, out_dir=folder, command=_command(config.command, model, folder))
-    screen = screen_config(dataclasses.replace(full, out_dir=folder / "screen",
-                                               command=_command(config.command, model, folder / "screen", "screen")))
+    screen = dataclasses.replace(full, out_dir=folder / "screen",
+                                 command=_command(config.command, model, folder / "screen", "screen")).screen_only()
     if resume and (record := _resumable(folder, settings_key(full))) is not None:
         note(f"{title}: {record['verdict']['decision']} (kept from an earlier run){eta}")
         return row_from_record(model, name, record, resumed=True)
