@@ -185,7 +185,8 @@ def with_shots(split: ForgetSplit, k: int) -> tuple[ForgetData, list[str]]:
       (a passage to continue) and PrivLeak (a membership test on texts) are question-free: unchanged, as the attack
       (few-shot questions) has no form for them.
     * TOFU: ``k`` question-answer turns before the question (the template's tags, or chat turns).
-    * WMDP: ``k`` solved questions after the description, as lm-evaluation-harness's few-shot prompt lays them out.
+    * WMDP: ``k`` solved questions after the description, with the delimiters of lm-evaluation-harness's task
+      configuration (not checked against its own few-shot code).
     """
     train, probe = split.train, split.probe
     if train.benchmark == "tofu":

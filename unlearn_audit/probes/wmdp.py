@@ -42,8 +42,9 @@ def _body(question: str, choices: list[str]) -> str:
 
 def context(question: str, choices: list[str], subject: str,
             shots: list[tuple[str, list[str], int]] | None = None) -> str:
-    """The prompt of one question: zero-shot, or after solved questions laid out as lm-evaluation-harness lays out
-    few-shot examples (the description, then each example's text, a space and its letter, a blank line)."""
+    """The prompt of one question: zero-shot, or after solved questions (the description, then each example's text, a
+    space and its letter, a blank line: lm-evaluation-harness's task-config delimiters; the few-shot layout is not
+    checked against its own code)."""
     solved = "".join(f"{_body(q, c)} {LETTERS[a]}\n\n" for q, c, a in shots or [])
     return DESCRIPTION.format(subject=subject) + solved + _body(question, choices)
 
