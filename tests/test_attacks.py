@@ -258,9 +258,9 @@ def test_tofu_split_keeps_each_author_whole_and_wmdp_each_question(tofu_world, w
 
 
 def test_in_context_prompts_are_the_benchmarks_own_format_with_training_items_first(world, tofu_world, wmdp_world):
-    """The prompt text written out by hand for each benchmark: for WMDP the description, examples and delimiters of lm-evaluation-harness's task config,
-    the template's question-answer turns for TOFU, KnowMem's in-context pairs for MUSE (VerbMem and PrivLeak have no
-    question to put examples before: unchanged)."""
+    """The prompt text written out by hand for each benchmark: for WMDP the description, examples and delimiters of
+    lm-evaluation-harness's task config, the template's question-answer turns for TOFU, KnowMem's in-context pairs for
+    MUSE (VerbMem and PrivLeak have no question to put examples before: unchanged)."""
     wmdp = split_forget(_world_data(wmdp_world, "wmdp"), 1)
     data, shots = with_shots(wmdp, 2)
     train = wmdp.train.wmdp
