@@ -33,7 +33,7 @@ def test_fragile_checkpoint_fails_because_4bit_brings_memory_back(audits):
     assert result.exit_code == 1, result.output
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html"}
     record = _record(out)
-    assert record["schema_version"] == 4
+    assert record["schema_version"] == 5
     assert record["verdict"]["decision"] == "FAIL"
     for metric in ("verbmem_f", "knowmem_f"):
         assert _recovery(record, metric, "rtn:4:g128")["value"] >= 0.8

@@ -6,6 +6,8 @@ import copy
 import json
 import re
 
+import pytest
+
 from unlearn_audit.report.render import SORT_SCRIPT, overlap_segments, render_html, render_markdown
 
 
@@ -79,3 +81,33 @@ def test_percent_never_shows_negative_zero():
 
     assert [percent(x) for x in (0.943, -0.003, 0.0, None, float("nan"), -0.05, 1.0)] == \
         ["94%", "0%", "0%", "n/a", "n/a", "-5%", "100%"]
+
+
+def test_over_unlearning_and_utility_drop_shown_in_every_view(audits, tmp_path):
+    """The robust audit's record (schema 5: utility_drops, thresholds with the over-unlearning line), with PrivLeak's
+    residual planted as over-unlearned and the utility gate set: the JSON validates, and HTML, Markdown and JUnit show
+    both, the utility's original and unlearned values beside the drop."""
+    import jsonschema
+
+    from unlearn_audit.report.ci import render_junit
+    from unlearn_audit.report.record import SCHEMA_PATH
+
+    record = copy.deepcopy(json.loads((audits["robust"][1] / "report.json").read_text()))
+    assert record["schema_version"] == 5 and record["thresholds"]["max_over_unlearning"] == 0.5
+    drops = {(s["metric"], s["variant"]): s for s in record["utility_drops"]}
+    assert set(drops) == {("knowmem_r", None), ("knowmem_r", "rtn:8:g128"), ("knowmem_r", "rtn:4:g128")}
+    runs = {(r["role"], r["variant"]): r["metrics"] for r in record["runs"]}
+    o, u = runs[("original", "full")]["knowmem_r"]["value"], runs[("unlearned", "full")]["knowmem_r"]["value"]
+    assert drops[("knowmem_r", None)]["value"] == pytest.approx((o - u) / o)  # by hand from the record's values
+    privleak = next(s for s in record["residuals"] if s["metric"] == "privleak")
+    privleak.update(value=-1.2, low=-1.5, high=-0.9, status="over-unlearned")
+    full = drops[("knowmem_r", None)]
+    full.update(value=0.4, low=0.3, high=0.5, status="exceeds")
+    record["thresholds"]["max_utility_drop"] = 0.2
+    jsonschema.validate(record, json.loads(SCHEMA_PATH.read_text()))
+    html, md, junit = render_html(record), render_markdown(record), render_junit(record)
+    assert re.search(r'<tr class="over-unlearned"><td>PrivLeak</td><td class="num">-120%</td>', html)
+    assert "a residual below -50% is over-unlearned" in html and "PrivLeak judged both ways" in md
+    assert '<table id="utility">' in html and "gated at 20%" in html
+    assert f"| KnowMem (retain, utility) | full precision | {o:.1f} | {u:.1f} | 40% | 30% – 50% | exceeds |" in md
+    assert 'classname="utility-drop.full-precision"' in junit and junit.count("<failure") >= 2

@@ -110,3 +110,94 @@ def test_three_items_are_inconclusive_not_a_certain_fail(world, tmp_path):
     record = json.loads((tmp_path / "report.json").read_text())
     assert {s["status"] for s in record["recoveries"] + record["net_recoveries"] + record["residuals"] if s["metric"] != "knowmem_r"} <= {
         "too-few-items", "not-judged"}
+
+
+def _auc_output(forget: list[float], holdout: list[float]) -> ProbeOutput:
+    items = [ItemScore(f"f{i}", s, extra={"split": "forget"}) for i, s in enumerate(forget)] + \
+            [ItemScore(f"h{i}", s, extra={"split": "holdout"}) for i, s in enumerate(holdout)]
+    return ProbeOutput("privleak", "auc", items)
+
+
+N = 30
+HOLDOUT = [float(i) for i in range(N)]
+MEMORISED = [s - 100.0 for s in HOLDOUT]  # every forget score below every holdout score: AUC 0 (the original)
+UNSEEN = list(HOLDOUT)                     # the same distribution: AUC 50 (the retrained model)
+OVER = [s + 100.0 for s in HOLDOUT]        # every forget score above: AUC 100 (over-unlearned)
+
+
+def _privleak_case(unlearned: list[float], thresholds: Thresholds):  # noqa: ANN202
+    outputs = {"original": {FULL: {"privleak": _auc_output(MEMORISED, HOLDOUT)}},
+               "unlearned": {FULL: {"privleak": _auc_output(unlearned, HOLDOUT)}},
+               "retrain": {FULL: {"privleak": _auc_output(UNSEEN, HOLDOUT)}}}
+    analysis = analyse(outputs, Reference("retrain", None, "r"), min_gap=10, resamples=300, seed=0)
+    return analysis, decide(analysis, thresholds)
+
+
+PRIVLEAK = Thresholds(judged=("privleak",))
+
+
+@pytest.mark.parametrize("unlearned,decision,status,residual,muse", [
+    (OVER, Decision.FAIL, "over-unlearned", -1.0, 100.0),     # MUSE: PrivLeak far above zero, a leak
+    (MEMORISED, Decision.FAIL, "exceeds", 1.0, -100.0),        # under-unlearned: still marks its forget set
+    (UNSEEN, Decision.PASS, "ok", 0.0, 0.0),                   # exactly the retrained model
+])
+def test_privleak_is_judged_both_ways(unlearned, decision, status, residual, muse):
+    """Residual = (AUC_u - AUC_retrain) / (AUC_original - AUC_retrain), by hand: (100 - 50) / (0 - 50) = -1 for the
+    over-unlearned model; MUSE's PrivLeak (AUC_u - AUC_retrain) / AUC_retrain x 100 = +100 for it."""
+    analysis, verdict = _privleak_case(unlearned, PRIVLEAK)
+    (share,) = analysis.residuals
+    assert share.interval.value == pytest.approx(residual)
+    assert analysis.values["unlearned"][FULL]["privleak"].value == pytest.approx(muse)
+    assert share.status == status and verdict.decision is decision
+    if status == "over-unlearned":
+        assert "over-unlearned" in verdict.headline and "PrivLeak +100.0" in verdict.headline
+        assert "threshold -50%" in verdict.headline
+
+
+def test_over_unlearning_line_is_a_flag_and_reaching_across_it_is_named():
+    analysis, verdict = _privleak_case(OVER, Thresholds(judged=("privleak",), max_over_unlearning=float("inf")))
+    assert verdict.decision is Decision.PASS and analysis.residuals[0].status == "ok"  # one-sided, as before
+    analysis, verdict = _privleak_case(OVER, Thresholds(judged=("privleak",), max_over_unlearning=5.0))
+    assert analysis.residuals[0].interval.low > -5.0  # the retrained model's AUC resampled: about [-2, -0.6]
+    assert verdict.decision is Decision.PASS  # within a line at -500% of the gap
+    # half the forget items past every holdout item, half level with it: residual about -0.5, across a -50% line
+    half = OVER[: N // 2] + UNSEEN[N // 2:]
+    analysis, verdict = _privleak_case(half, PRIVLEAK)
+    share = analysis.residuals[0]
+    assert share.interval.low < -0.5 < share.interval.high
+    assert share.status == "possibly-over-unlearned" and verdict.decision is Decision.PASS  # named, not undecided
+    assert any("reaches past the over-unlearning line (-50%)" in r for r in verdict.reasons)
+    with pytest.raises(Exception, match="max-over-unlearning"):
+        Thresholds(max_over_unlearning=-0.1)
+
+
+def _utility_case(unlearned: list[float], thresholds: Thresholds):  # noqa: ANN202
+    original = [0.6 + 0.01 * i for i in range(N)]
+    outputs = {"original": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.8] * N),
+                                   "knowmem_r": _mean_output("knowmem_r", original)}},
+               "unlearned": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.05] * N),
+                                    "knowmem_r": _mean_output("knowmem_r", unlearned)}},
+               "retrain": {FULL: {"verbmem_f": _mean_output("verbmem_f", [0.0] * N),
+                                  "knowmem_r": _mean_output("knowmem_r", original)}}}
+    analysis = analyse(outputs, Reference("retrain", None, "r"), min_gap=10, resamples=300, seed=0)
+    return analysis, decide(analysis, thresholds)
+
+
+def test_utility_drop_by_hand_reported_by_default_and_gated_on_request():
+    """Drop = (U_original - U_unlearned) / U_original: the unlearned model keeps half of each item's score, so 0.5
+    exactly, on every resample (paired)."""
+    half = [(0.6 + 0.01 * i) / 2 for i in range(N)]
+    analysis, verdict = _utility_case(half, Thresholds(judged=("verbmem_f",)))
+    (drop,) = analysis.utility_drops
+    assert drop.metric == "knowmem_r" and drop.variant is None
+    assert (drop.interval.value, drop.interval.low, drop.interval.high) == pytest.approx((0.5, 0.5, 0.5))
+    assert drop.status == "reported" and verdict.decision is Decision.PASS  # reported, not judged
+    _, verdict = _utility_case(half, Thresholds(judged=("verbmem_f",), max_utility_drop=0.3))
+    assert verdict.decision is Decision.FAIL
+    assert verdict.headline.startswith("At full precision the unlearned model loses 50% [50%–50%] of the original's "
+                                       "KnowMem on the retain set (threshold 30%)")
+    analysis, verdict = _utility_case(half, Thresholds(judged=("verbmem_f",), max_utility_drop=0.6))
+    assert verdict.decision is Decision.PASS and analysis.utility_drops[0].status == "ok"
+    same = [0.6 + 0.01 * i for i in range(N)]  # kept everything: drop 0
+    analysis, _ = _utility_case(same, Thresholds(judged=("verbmem_f",)))
+    assert analysis.utility_drops[0].interval.value == pytest.approx(0.0)

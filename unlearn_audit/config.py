@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ class Thresholds:
     max_residual: float = 0.5
     """FAIL when the unlearned model at full precision keeps more than this share of the original's
     knowledge (measured above the retrained reference where there is one, else above zero)."""
+    max_over_unlearning: float = 0.5
+    """PrivLeak is judged both ways, as MUSE judges it: FAIL when the unlearned model's membership AUC lies past the
+    reference's, on the far side from the original, by more than this share of the original's gap (over-unlearning:
+    the forget set looks less like training data than text the model never saw, itself a leak). Where the original's
+    AUC is near 0, as MUSE's targets' are, this share equals MUSE's PrivLeak / 100. ``inf`` (recorded as null):
+    one-sided."""
+    max_utility_drop: float | None = None
+    """Opt-in gate: FAIL when the unlearned model at full precision loses more than this share of the original's
+    utility (KnowMem retain, TOFU model utility, MMLU). ``None``: the drop is reported, not judged."""
     min_gap: float = 10.0
     """A metric (on its 0-100 scale; AUC x 100 for PrivLeak) counts as known by the original only if
     the original beats the reference by at least this much; below it, the metric cannot judge."""
@@ -41,6 +51,12 @@ class Thresholds:
             if not 0.0 <= value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} is {value}, outside [0, 1]",
                                  "give a share between 0 and 1, e.g. 0.25")
+        if not self.max_over_unlearning >= 0:
+            raise UsageError(f"--max-over-unlearning is {self.max_over_unlearning}, not a non-negative share",
+                             "give a share such as 0.5, or inf to judge PrivLeak one-sided")
+        if self.max_utility_drop is not None and not 0.0 <= self.max_utility_drop <= 1.0:
+            raise UsageError(f"--max-utility-drop is {self.max_utility_drop}, outside [0, 1]",
+                             "give a share between 0 and 1, e.g. 0.2")
         if self.min_gap < 0:
             raise UsageError(f"--min-gap is {self.min_gap}, negative", "give a positive gap, e.g. 10")
         if self.min_items < 1:
@@ -250,4 +266,6 @@ class AuditConfig:
         data["attack"] = list(self.attack)
         data["formats"] = list(self.formats)
         data["thresholds"]["judged"] = list(self.thresholds.judged)
+        if math.isinf(self.thresholds.max_over_unlearning):
+            data["thresholds"]["max_over_unlearning"] = None  # JSON has no infinity: null is "one-sided"
         return data

@@ -12,6 +12,10 @@ For a metric M (on a 0-100 scale; AUC x 100 for PrivLeak; the loss screen in nat
 * net recovery_Q = (M(Q(unlearned)) - M(unlearned) - drift_Q) / (M(original) - M(unlearned)), where
   drift_Q = M(Q(reference)) - M(reference) is how far Q moves a model that never saw the forget set (the
   reference model under the same attack): quantization moves scores on its own, and that is not recovery.
+* utility drop_Q = (U(Q(original)) - U(Q(unlearned))) / U(Q(original)) for each utility metric U (KnowMem on the
+  retain set, TOFU's model utility, MMLU): the share of the original's utility the unlearned model lost, at full
+  precision and under each variant against the original under the same variant (the paper's same-precision
+  comparison). Undefined where the original scores 0.
 
 References, strongest first: a retrained model (the spec's ``retrain``); a reference model that never
 saw the forget set (the spec's ``reference``, else the original's card ``base_model``); the holdout
@@ -117,6 +121,8 @@ class Analysis:
     floor): no residual; their recoveries are reported."""
     reference_role: str | None = None
     """The probed reference model's role (``retrain`` or ``reference``), if any."""
+    utility_drops: list[Share] = field(default_factory=list)
+    """Per utility metric and variant (``None``: full precision): the share of the original's utility lost."""
     forget_quality: dict[str, dict[str, float]] = field(default_factory=dict)
     """TOFU with a probed reference model: role -> variant -> the KS-test p-value of its forget truth ratios against
     the reference model's at full precision (open-unlearning's forget quality; no interval)."""
@@ -173,6 +179,8 @@ STATISTIC_FLOOR = {m.statistic: m.floor for m in METRICS.values()}
 FLOOR_STATISTIC = {"verbmem_f": "verbmem_h", "screen_loss": "screen_loss_h"}
 """Forget metric -> the same probe on held-out text (its floor)."""
 REFERENCE_ROLES = ("retrain", "reference")
+UTILITY = ("knowmem_r", "tofu_utility", "mmlu_acc")
+"""The utility figures whose drop from the original is reported (and gated with ``--max-utility-drop``)."""
 """Forget metric -> the statistic its residual and recovery are computed on (PrivLeak is affine in the
 AUC, so shares of the AUC equal shares of PrivLeak)."""
 
@@ -288,7 +296,23 @@ def analyse(outputs: Outputs, reference: Reference, *, min_gap: float, resamples
                 net_s = share(q_s - u_s - drift_s, o_s - u_s, gap)
                 result.net_recoveries.append(Share(metric, variant, percentile_interval(float(net_point), net_s),
                                                    drift=percentile_interval(float(drift_point), drift_s)))
+    result.utility_drops = _utility_drops(points, outputs)
     return result
+
+
+def _utility_drops(points: dict, outputs: Outputs) -> list[Share]:
+    """(U(original) - U(unlearned)) / U(original) per utility metric, at full precision and under each variant
+    (paired resamples: the same items for both models)."""
+    drops = []
+    for metric in UTILITY:
+        for variant in outputs["unlearned"]:
+            if ("original", variant, metric) not in points or ("unlearned", variant, metric) not in points:
+                continue
+            (o, o_s), (u, u_s) = points[("original", variant, metric)], points[("unlearned", variant, metric)]
+            point = share(np.array([o - u]), np.array([o]), 1e-12)[0]
+            drops.append(Share(metric, None if variant == FULL else variant,
+                               percentile_interval(float(point), share(o_s - u_s, o_s, 1e-12)), status="reported"))
+    return drops
 
 
 def _tofu_summary(result: Analysis, outputs: Outputs, points: dict, stats: list[Statistic], resamples: int,
@@ -304,6 +328,7 @@ def _tofu_summary(result: Analysis, outputs: Outputs, points: dict, stats: list[
                 point = _hmean(np.array([[v[0]] for v in values]))[0]
                 samples = _hmean(np.stack([v[1] for v in values]))
                 result.values[role][variant]["tofu_utility"] = percentile_interval(float(point), samples)
+                points[(role, variant, "tofu_utility")] = (float(point), samples)
     if ref_role is None or "tofu_f" not in outputs[ref_role][FULL]:
         return
     from scipy.stats import ks_2samp

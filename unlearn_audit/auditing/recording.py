@@ -53,6 +53,7 @@ def record(plan: Plan, runs: Runs, diagnostic: dict[str, Any] | None, config: Au
         residuals=[s.as_dict() for s in analysis.residuals],
         recoveries=[s.as_dict() for s in analysis.recoveries],
         net_recoveries=[s.as_dict() for s in analysis.net_recoveries],
+        utility_drops=[s.as_dict() for s in analysis.utility_drops],
         verdict=verdict.as_dict(),
         thresholds={**config.to_record()["thresholds"]},
         environment={"python": platform.python_version(), "platform": platform.platform(),

@@ -15,7 +15,7 @@ def _case(suite: ET.Element, classname: str, name: str, share: dict[str, Any], t
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
     text = (f"{percent(share['value'])} [{percent(share['low'])}–{percent(share['high'])}], threshold {percent(threshold)}: "
             f"{share['status']}")
-    if share["status"] == "exceeds":
+    if share["status"] in ("exceeds", "over-unlearned"):
         ET.SubElement(case, "failure", message=text, type="threshold").text = text
         return 1, 0
     if share["status"] in ("straddles", "undefined", "not-judged", "too-few-items", "reported"):
@@ -26,8 +26,8 @@ def _case(suite: ET.Element, classname: str, name: str, share: dict[str, Any], t
 
 
 def render_junit(report: dict[str, Any]) -> str:
-    """One test case per judged share: residual at full precision, and recovery per variant and metric.
-    FAIL shares are failures; undecided ones (straddling, undefined, not judged) are skipped."""
+    """One test case per judged share: residual at full precision (PrivLeak's over-unlearning a failure too), the
+    gated utility drop, and recovery per variant and metric. FAIL shares are failures; undecided ones (straddling, undefined, not judged) are skipped."""
     model = report["models"]["unlearned"]["repo"]["reference"]
     thresholds = report["thresholds"]
     root = ET.Element("testsuites", name="unlearn-audit")
@@ -42,6 +42,11 @@ def render_junit(report: dict[str, Any]) -> str:
         f, s = _case(suite, "residual.full-precision", METRIC_LABELS.get(share["metric"], share["metric"]), share,
                      thresholds["max_residual"])
         failures, skipped, count = failures + f, skipped + s, count + 1
+    for share in report.get("utility_drops", []):
+        if share["variant"] is None and share["status"] != "reported":  # gated by --max-utility-drop
+            f, s = _case(suite, "utility-drop.full-precision", METRIC_LABELS.get(share["metric"], share["metric"]),
+                         share, thresholds["max_utility_drop"])
+            failures, skipped, count = failures + f, skipped + s, count + 1
     attacks = attack_labels(report)
     for share in judged_recoveries(report):
         kind = "attack" if share["variant"] in attacks else "recovery"  # the tamper battery's cases apart

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..errors import InputError, RuntimeFailure
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (3, 4)
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 """Records this tool reads: version 4 only adds the tamper battery's attacks to version 3."""
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / f"report-v{SCHEMA_VERSION}.schema.json"
 """The published JSON Schema of the record (shipped in the package; `unlearn-audit schema` prints it)."""
@@ -72,6 +72,10 @@ class AuditReport:
     truncated: dict[str, int]
     duration_seconds: float
     notes: list[str] = field(default_factory=list)
+    utility_drops: list[dict[str, Any]] = field(default_factory=list)
+    """Per utility metric (KnowMem retain, TOFU model utility, MMLU) and variant (null: full precision): the share of
+    the original's utility the unlearned model lost, with its interval; ``reported`` unless ``--max-utility-drop``
+    gates the full-precision figure (schema version 5)."""
     weight_diff: dict[str, Any] | None = None
     """The weight-level diagnostic (see unlearn_audit.quantize.diagnostic), when both checkpoints are safetensors."""
     published: list[dict[str, Any]] | None = None

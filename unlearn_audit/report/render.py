@@ -345,6 +345,12 @@ def _battery_chart(rows: list[dict[str, Any]], threshold: float) -> Markup:
     return Markup("".join(parts))
 
 
+def _run_value(report: dict[str, Any]):  # noqa: ANN202
+    """``run_value(role, variant, metric)``: that run's value of the metric, or ``None``."""
+    runs = {(r["role"], r["variant"]): r["metrics"] for r in report["runs"]}
+    return lambda role, variant, metric: (runs.get((role, variant), {}).get(metric) or {}).get("value")
+
+
 def view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the templates show, derived from the record only."""
     rows, columns = _metric_rows(report)
@@ -363,6 +369,7 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "bars": {m: _bars(report, m) for m in CHART_METRICS
                  if any(m in r["metrics"] for r in report["runs"])},
         "FULL": FULL,
+        "run_value": _run_value(report),
         "marked": overlap_segments,
         "heat_map": _heat_map(report),
         "sort_script": Markup(SORT_SCRIPT),
