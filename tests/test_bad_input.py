@@ -314,3 +314,20 @@ def test_allow_pickle_loads_a_bin_only_checkpoint(world, tmp_path):
                       tmp_path / "b")
     assert allowed.exit_code in (0, 1, 4), allowed.output
     assert (tmp_path / "b" / "report.json").is_file()
+
+
+def test_saving_a_model_prints_no_shard_bars(stories, tmp_path, capfd):
+    """A redirected run once carried transformers' "Writing model shards" bars on stderr (the miniature's build saves
+    models before any is loaded through the tool): quiet_transformers, which every build calls, turns them off."""
+    from unlearn_audit.support.noise import quiet_transformers
+
+    from transformers.utils import logging as hf_logging
+
+    model, _ = stories
+    hf_logging.enable_progress_bar()  # as a fresh process starts
+    capfd.readouterr()
+    model.save_pretrained(tmp_path / "loud")
+    assert "Writing model shards" in capfd.readouterr().err  # what leaked
+    quiet_transformers()
+    model.save_pretrained(tmp_path / "quiet")
+    assert "Writing model shards" not in capfd.readouterr().err

@@ -137,13 +137,9 @@ def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, la
 
 
 def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
+    from ..support.noise import quiet_transformers
 
-    from ..support.noise import quiet_third_party
-
-    quiet_third_party()  # loading a model imports torchao, which warns about its optional CUDA kernels
-    hf_logging.disable_progress_bar()  # our own progress display is the one on stderr
-    hf_logging.set_verbosity_error()  # e.g. long-input warnings: truncation is counted in the report
+    quiet_transformers()
 
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken", "vocab.txt")

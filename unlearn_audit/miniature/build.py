@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..support.noise import quiet_transformers
 from .corpus import Corpus, Document, make_corpus, qa_text
 from .hub_cache import folder_files, write_cached_repo
 from .methods import Recipe, unlearn_with
@@ -217,6 +218,7 @@ def build_miniature(root: Path | None = None, settings: MiniatureSettings | None
 
 
 def _build(work: Path, final: Path, s: MiniatureSettings, progress: StageProgress | None, torch) -> MiniatureWorld:  # noqa: ANN001
+    quiet_transformers()  # no shard bars from save_pretrained in the user's terminal
     started = time.time()
     threads = torch.get_num_threads()
     tick = (lambda stage: (lambda done, total: progress(stage, done, total))) if progress else (lambda stage: None)

@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..support.noise import quiet_transformers
 from .build import ORG, MiniatureWorld, StageProgress, _card, _model_files
 from .corpus import Document, make_corpus
 from .hub_cache import write_cached_repo
@@ -174,6 +175,7 @@ def build_world(kind: str, root: Path | None = None, settings: WorldSettings | N
         return MiniatureWorld(final, final / "hub", json.loads(marker.read_text()))
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    quiet_transformers()  # no shard bars from save_pretrained in the user's terminal
     try:
         info = _build(work, settings, progress)
         (work / "built.json").write_text(json.dumps(info, indent=2))

@@ -23,6 +23,17 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def quiet_transformers() -> None:
+    """transformers' own progress bars ("Loading checkpoint shards", "Writing model shards") and warnings off: the
+    tool's progress display is the one on stderr (a redirected run once carried the shard bars). Imports transformers:
+    call it where a model is loaded or saved, not at start-up."""
+    from transformers.utils import logging as hf_logging
+
+    quiet_third_party()  # loading a model imports torchao, which warns about its optional CUDA kernels
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # e.g. long-input warnings: truncation is counted in the report
+
+
 def debugging() -> bool:
     """``UNLEARN_AUDIT_DEBUG`` is set (to anything but ``0``): library output and tracebacks are shown."""
     return os.environ.get("UNLEARN_AUDIT_DEBUG", "") not in ("", "0")
