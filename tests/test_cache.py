@@ -124,7 +124,9 @@ def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp
     robust = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "check", "miniature/robust", "--quant", "rtn:4",
                              "--max-items", "20", "--min-items", "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "b")],
                             env=env, capture_output=True, text=True, timeout=600)
-    assert robust.returncode == 0, robust.stderr
+    # on 20 items a side the robust checkpoint's PrivLeak reads over-unlearned (+169 [59, 496]): FAIL by the two-sided
+    # rule; this test is about what the cache reused
+    assert robust.returncode in (0, 1), robust.stderr
     cache = json.loads((tmp_path / "b" / "report.json").read_text())["execution"]["cache"]
     assert sorted(cache["reused"]) == ["original/full", "original/rtn:4:g128", "retrain/full", "retrain/rtn:4:g128"]
     assert sorted(cache["computed"]) == ["unlearned/full", "unlearned/rtn:4:g128"]
