@@ -223,17 +223,16 @@ def unlearned_checkpoint(setup: dict, recipe, root: Path) -> tuple[Path, dict]: 
         return folder, json.loads(log_file.read_text())
     tok = setup["tokenizer"]
     state = folder.with_name(folder.name + ".state.pt")
-    started = time.time()
+    started, first_step = time.time(), []
 
     def progress(step: int, total: int) -> None:
+        if not first_step:  # a resumed run starts past step 0: its pace counts from there
+            first_step.append(step - 1)
         if step % 25 == 0 or step == total:
             pace = (time.time() - started) / max(step - first_step[0], 1)
             print(f"  {recipe.name}: step {step}/{total}, ETA {pace * (total - step) / 60:.1f} min",
                   file=sys.stderr, flush=True)
 
-    first_step = [0]
-    if state.is_file():
-        first_step[0] = int(torch.load(state, weights_only=True)["step"])
     model, log = unlearn_with(setup["load"](), recipe, setup["forget"], setup["retain"], pad_id=_pad_id(tok),
                               checkpoint=state, checkpoint_every=50, progress=progress)
     _save(model, tok, folder, f"---\nbase_model: {setup['original']}\n---\n# {recipe.name}\n")

@@ -179,10 +179,10 @@ STATISTIC_FLOOR = {m.statistic: m.floor for m in METRICS.values()}
 FLOOR_STATISTIC = {"verbmem_f": "verbmem_h", "screen_loss": "screen_loss_h"}
 """Forget metric -> the same probe on held-out text (its floor)."""
 REFERENCE_ROLES = ("retrain", "reference")
-UTILITY = ("knowmem_r", "tofu_utility", "mmlu_acc")
-"""The utility figures whose drop from the original is reported (and gated with ``--max-utility-drop``)."""
 """Forget metric -> the statistic its residual and recovery are computed on (PrivLeak is affine in the
 AUC, so shares of the AUC equal shares of PrivLeak)."""
+UTILITY = ("knowmem_r", "tofu_utility", "mmlu_acc")
+"""The utility figures whose drop from the original is reported (and gated with ``--max-utility-drop``)."""
 
 
 class _Resampler:

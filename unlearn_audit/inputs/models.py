@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RuntimeFailure, UnsafeModelError
+from ..support.noise import quiet_transformers
 from .hub import ResolvedRepo
 from .widen import widen_in_place, widen_route
 
@@ -136,12 +137,6 @@ def check_files(folder: Path, *, trust_remote_code: bool, allow_pickle: bool, la
             raise InputError(f"{name} has no weight files", "check that the repo holds model weights")
 
 
-def _quiet_transformers() -> None:
-    from ..support.noise import quiet_transformers
-
-    quiet_transformers()
-
-
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken", "vocab.txt")
 """Files any of which means a folder carries its own tokenizer."""
 
@@ -154,7 +149,7 @@ def load_tokenizer(repo: ResolvedRepo, *, trust_remote_code: bool = False) -> An
     """The tokenizer of a resolved folder (cheap: used to check compatibility before any weights)."""
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     config = repo.path / "config.json"
     if config.is_file():
         check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=True, label=repo.reference,
@@ -236,7 +231,7 @@ def load_model(repo: ResolvedRepo, *, device: str = "cpu", dtype: str = "float32
     import torch
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
 
     check_files(repo.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, label=repo.reference)
     has_safetensors = any(p.suffix == ".safetensors" for p in repo.path.iterdir())
