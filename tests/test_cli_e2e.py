@@ -99,6 +99,9 @@ def test_inconclusive_when_the_original_never_knew(world, tmp_path):
     (["check", "miniature/fragile", "--quant", "rtn:12"], "bit width 12 is not supported"),
     (["check", "miniature/fragile", "--forget", "news", "--spec", "x.yaml"], "both --forget and --spec"),
     (["check", "miniature/fragile", "--max-recovery", "3"], "outside [0, 1]"),
+    (["check", "miniature/fragile", "--device", "tpu:7"], "unknown device 'tpu:7'"),
+    (["check", "miniature/fragile", "--device", "xla"], "no engine for device type 'xla'"),
+    (["check", "miniature/fragile", "--device", "cuda:64"], "cuda:64"),
 ])
 def test_bad_input_exits_2_with_one_line(world, tmp_path, args, message):
     result = runner.invoke(app, [*args, "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
@@ -163,3 +166,24 @@ def test_only_our_own_lines_reach_the_terminal(world, tmp_path, command):
     assert proc.returncode in (0, 1), proc.stderr
     foreign = [line for line in (proc.stdout + proc.stderr).splitlines() if not OUR_LINES.match(line)]
     assert foreign == [], foreign
+
+
+def test_device_strings_are_checked_before_any_work():
+    """``--device``: what torch cannot parse, a type the tool has no engine for, or an accelerator this machine lacks is
+    bad usage (exit 2) naming the accepted forms; what the machine has passes through as given."""
+    import torch
+
+    from unlearn_audit.config import AuditConfig, resolve_device
+    from unlearn_audit.errors import UsageError
+
+    for bad, said in (("tpu:7", "unknown device"), ("gpu", "unknown device"), ("xla", "no engine"),
+                      ("mps", "MPS"), ("cuda:64", "cuda")):
+        if bad == "mps" and torch.backends.mps.is_available():
+            continue  # only a refusal where the machine lacks it; this machine has it
+        with pytest.raises(UsageError) as caught:
+            AuditConfig(model="m", forget="news", device=bad)
+        assert said in str(caught.value) and "Fix:" in str(caught.value), caught.value
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA device"):
+            resolve_device("cuda")

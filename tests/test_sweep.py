@@ -189,9 +189,26 @@ def test_a_sweep_on_a_local_ray_instance_gives_the_same_records(world, tmp_path)
 def test_ray_refuses_gpu_tasks_on_a_cluster_without_gpus(world, tmp_path):
     grid = tmp_path / "grid.txt"
     grid.write_text("miniature/robust\n")
-    result = runner.invoke(app, ["sweep", str(grid), *OPTIONS, "--ray", "local", "--cache-dir", str(world.hub_cache),
-                                 "--out", str(tmp_path / "out")])
+    result = runner.invoke(app, ["sweep", str(grid), *OPTIONS, "--ray", "local", "--gpus-per-task", "1",
+                                 "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--gpus-per-task 0" in result.output
+
+
+def test_ray_without_gpus_per_task_follows_the_cluster(world, tmp_path):
+    """No --gpus-per-task on a cluster without GPUs: the tasks ask for none (said, and recorded), and the sweep runs."""
+    import torch
+
+    grid = tmp_path / "grid.txt"
+    grid.write_text("miniature/robust\n")
+    result = runner.invoke(app, ["sweep", str(grid), *OPTIONS, "--ray", "local", "--cache-dir", str(world.hub_cache),
+                                 "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")])
+    assert result.exit_code in (0, 1, 4), result.output
+    board = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    expected = 1.0 if torch.cuda.is_available() else 0.0  # Ray's local instance sees the GPUs torch sees
+    assert board["ray"] == {"address": "local", "cluster_gpus": board["ray"]["cluster_gpus"],
+                            "gpus_per_task": expected}
+    assert f"each audit asks for {expected:g}" in result.output
+    assert board["rows"][0]["decision"] != "ERROR"
 
 
 def test_report_folders_are_named_after_the_checkpoint_and_unique(tmp_path):

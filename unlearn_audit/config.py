@@ -160,10 +160,16 @@ class ProbeSettings:
         return FLAVOURS[self.flavour]["mink_at_least_one"]
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+"""The ``--device`` values the tool can use (any other torch device type it has no engine for)."""
+
+
 def resolve_device(device: str) -> str:
-    """``auto``: the first accelerator torch sees (``cuda``, then ``mps``), else ``cpu``; anything else as given."""
+    """``auto``: the first accelerator torch sees (``cuda``, then ``mps``), else ``cpu``; anything else as given,
+    once checked: a string torch cannot parse, a device type the tool has no engine for, or an accelerator this
+    machine does not have is bad usage (:class:`~unlearn_audit.errors.UsageError`, exit 2), not a failure mid-run."""
     if device != "auto":
-        return device
+        return _checked_device(device)
     import torch
 
     if torch.cuda.is_available():
@@ -172,6 +178,32 @@ def resolve_device(device: str) -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _checked_device(device: str) -> str:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device '{device}'", f"use one of {DEVICE_FORMS}") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"the tool has no engine for device type '{parsed.type}' ('{device}')",
+                         f"use one of {DEVICE_FORMS}")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {device}: this machine has no CUDA device torch can use",
+                             "use --device cpu (or auto), or install a CUDA build of torch")
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), numbered from 0",
+                             f"use cuda:0 to cuda:{count - 1}, or auto")
+    if parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"--device {device}: Apple MPS is not available on this machine",
+                             "use --device cpu (or auto)")
+    return device
 
 
 @dataclass(frozen=True)
@@ -237,6 +269,8 @@ class AuditConfig:
             raise UsageError("both --forget and --spec given", "pass only one of them")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}")
+        if self.device != "auto":
+            _checked_device(self.device)  # bad usage before any work, not a torch error mid-run
         if self.device_map not in (None, "auto"):
             raise UsageError(f"unknown device map '{self.device_map}'", "use --device-map auto, or leave it out")
 

@@ -70,8 +70,9 @@ def _signature() -> inspect.Signature:
             Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run each checkpoint as a Ray task: local (a "
                                         "Ray instance started here), auto (the running cluster) or ray://HOST:PORT; "
                                         "needs pip install 'unlearn-audit[ray]'.")]),
-        inspect.Parameter("gpus_per_task", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=Annotated[
-            float, typer.Option("--gpus-per-task", help="GPUs each Ray task asks for (0 to audit on CPUs).")]),
+        inspect.Parameter("gpus_per_task", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[float], typer.Option("--gpus-per-task", help="GPUs each Ray task asks for (0 to audit on "
+                                          "CPUs); default: 1 where the cluster has GPUs, else 0.")]),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=Annotated[
             bool, typer.Option("--resume/--no-resume",
                                help="Keep the records an earlier, interrupted sweep wrote with the same settings.")]),

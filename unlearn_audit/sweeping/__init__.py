@@ -113,25 +113,26 @@ def _resumable(folder: Path, key: str) -> dict[str, Any] | None:
 
 def run_sweep(config: AuditConfig, models: list[str], out_dir: Path, *, reporter: Reporter | None = None,
               note: Callable[[str], None] = lambda text: None, resume: bool = True, triage: bool = False,
-              ray_address: str | None = None, gpus_per_task: float = 1.0) -> Sweep:
+              ray_address: str | None = None, gpus_per_task: float | None = None) -> Sweep:
     """Audit every checkpoint of ``models`` with ``config`` (its ``model`` and ``out_dir`` replaced), sharing the
     original's and the reference's runs through the result cache (a private one under ``out_dir`` when the user's is
     off), then write the leaderboard. With ``triage`` every checkpoint is screened first (the loss screen under
     every variant, in ``<checkpoint>/screen``) and gets the full probes only if the screen's verdict is not PASS,
     i.e. its screened residual or a recovery is not clearly (the whole interval) below the thresholds.
     ``note`` receives one line per checkpoint with the sweep's ETA. With ``ray_address`` (``local``, ``auto`` or
-    ``ray://HOST:PORT``) each checkpoint is a Ray task requesting ``gpus_per_task`` GPUs (see
-    :mod:`.distributed`)."""
+    ``ray://HOST:PORT``) each checkpoint is a Ray task requesting ``gpus_per_task`` GPUs (None: 1 where the
+    cluster has GPUs, else 0; recorded in the leaderboard's ``ray``; see :mod:`.distributed`)."""
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not config.cache_results:  # the shared runs need a cache: this sweep's own
         config = dataclasses.replace(config, cache_results=True, results_dir=out_dir / ".results")
     taken: set[str] = set()
     names = [folder_name(model, taken) for model in models]
+    ray_meta: dict[str, Any] = {}
     if ray_address is not None:
         from .distributed import ray_rows
 
-        rows = ray_rows(config, models, names, out_dir, ray_address, gpus_per_task, note, resume, triage)
+        rows, ray_meta = ray_rows(config, models, names, out_dir, ray_address, gpus_per_task, note, resume, triage)
     else:
         rows, spent = [], []
         for i, (model, name) in enumerate(zip(models, names), 1):
@@ -141,7 +142,7 @@ def run_sweep(config: AuditConfig, models: list[str], out_dir: Path, *, reporter
             spent.append(time.time() - t)
     ranked = rank_rows(rows)
     meta = {"checkpoints": len(models), "settings": _settings_line(config), "triage": triage,
-            "seconds": round(time.time() - started, 1)}
+            "seconds": round(time.time() - started, 1), **({"ray": ray_meta} if ray_address is not None else {})}
     files = {}
     for file, render in RENDERERS.items():
         files[file] = out_dir / file

@@ -49,9 +49,12 @@ def _task(config: AuditConfig, model: str, name: str, out_dir: Path, title: str,
 
 
 def ray_rows(config: AuditConfig, models: list[str], names: list[str], out_dir: Path, address: str,
-             gpus_per_task: float, note: Callable[[str], None], resume: bool, triage: bool) -> list[LeaderboardRow]:
+             gpus_per_task: float | None, note: Callable[[str], None], resume: bool, triage: bool
+             ) -> tuple[list[LeaderboardRow], dict[str, Any]]:
     """Every checkpoint as a Ray task; the first alone (it computes the shared runs), then the rest in parallel.
-    Rows come back in the order given."""
+    Rows come back in the order given, with what the tasks asked of the cluster (``address``, its GPUs,
+    ``gpus_per_task``). ``gpus_per_task`` None follows the cluster: 1 where it has GPUs, else 0 (the audits on
+    CPUs); a number the cluster cannot give is refused."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -59,6 +62,10 @@ def ray_rows(config: AuditConfig, models: list[str], names: list[str], out_dir: 
                  include_dashboard=False, **({"num_cpus": os.cpu_count()} if address == "local" else {}))
     try:
         available = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_task is None:  # follow the cluster
+            gpus_per_task = 1.0 if available >= 1 else 0.0
+            note(f"Ray cluster: {available:g} GPU(s); each audit asks for {gpus_per_task:g} "
+                 "(--gpus-per-task to choose)")
         if gpus_per_task > available:
             raise UsageError(f"each audit asks for {gpus_per_task:g} GPU(s) and the Ray cluster has {available:g}",
                              "start Ray on machines with GPUs, or pass --gpus-per-task 0 to audit on CPUs")
@@ -81,7 +88,8 @@ def ray_rows(config: AuditConfig, models: list[str], names: list[str], out_dir: 
             note(f"[{finished}/{len(models)}] {models[i]}: {rows[i].decision}"
                  + ("" if not pending else f", about {left / 60:.0f} min left" if left >= 90
                     else f", about {left:.0f} s left"))
-        return [rows[i] for i in range(len(models))]
+        return [rows[i] for i in range(len(models))], {"address": address, "cluster_gpus": available,
+                                                          "gpus_per_task": gpus_per_task}
     finally:
         if started_here:
             ray.shutdown()
