@@ -2,7 +2,8 @@
 
 Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
 ``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
-``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gguf:q4_k_m`` (llama.cpp file types), ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
+``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gguf:q4_k_m`` (llama.cpp file types), ``fp8`` (``fp8:block128``, ``fp8:channel``,
+``fp8:tensor``, ``:ue8m0``), ``mxfp4``, ``nvfp4``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
 (act-order), ``awq:4`` (group 128, zero point). ``paper`` names the quantization paper's attack:
 ``bnb:fp4`` and ``bnb:int8``.
 """
@@ -18,6 +19,7 @@ from ..support.items import parse_items
 from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
 from .calibrated import CalibratedQuantizer
+from .floats import FP8_TILES, FloatFormatQuantizer
 from .gguf import FILE_TYPES, GGUFQuantizer
 from .rtn import RTNQuantizer
 
@@ -62,6 +64,24 @@ def _build_gguf(kind: str, options: list[str]) -> Quantizer:
     if options:
         raise UsageError(f"unknown GGUF option '{options[0]}'", "write a llama.cpp file type alone, e.g. gguf:q4_k_m")
     return GGUFQuantizer(kind=kind)
+
+
+def _build_fp8(tile: str | None, options: list[str]) -> Quantizer:
+    unknown = [o for o in options if o != "ue8m0"]
+    if unknown:
+        raise UsageError(f"unknown FP8 option '{unknown[0]}'", "use ue8m0 (power-of-two scales), e.g. fp8:block128:ue8m0")
+    if tile is not None and tile not in FP8_TILES:
+        raise UsageError(f"unknown FP8 tiling '{tile}'", f"use one of {', '.join(FP8_TILES)}, e.g. fp8:block128")
+    return FloatFormatQuantizer(format="fp8", tile=tile or "block128", ue8m0="ue8m0" in options)
+
+
+def _build_fp4(name: str) -> Callable[[Any, list[str]], Quantizer]:
+    def build(setting: str | None, options: list[str]) -> Quantizer:
+        extra = [x for x in (setting, *options) if x is not None]
+        if extra:
+            raise UsageError(f"{name} takes no settings (got '{extra[0]}')", f"write it as {name} alone")
+        return FloatFormatQuantizer(format=name)
+    return build
 
 
 def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
@@ -122,6 +142,31 @@ METHODS: dict[str, MethodInfo] = {
         build=_calibrated("awq"),
         contract_variants=("awq:4", "awq:4:g64:sym"),
     ),
+    "fp8": MethodInfo(
+        name="fp8",
+        summary="FP8 E4M3 weights, scale amax/448 per 128x128 block (default, DeepSeek-V3/Qwen3), per output channel "
+                "(fp8:channel) or per tensor (fp8:tensor); :ue8m0 for power-of-two scales (DeepSeek-V3.1)",
+        example="fp8:block128",
+        needs="nothing beyond torch; runs on CPU",
+        build=_build_fp8,
+        contract_variants=("fp8:block128", "fp8:channel:ue8m0", "fp8:tensor"),
+    ),
+    "mxfp4": MethodInfo(
+        name="mxfp4",
+        summary="OCP MXFP4: E2M1 elements, one power-of-two (E8M0) scale per 32, 2**(floor(log2(amax)) - 2)",
+        example="mxfp4",
+        needs="nothing beyond torch; runs on CPU",
+        build=_build_fp4("mxfp4"),
+        contract_variants=("mxfp4",),
+    ),
+    "nvfp4": MethodInfo(
+        name="nvfp4",
+        summary="NVIDIA NVFP4: E2M1 elements, an E4M3 scale per 16 and a float32 per-tensor scale",
+        example="nvfp4",
+        needs="nothing beyond torch; runs on CPU",
+        build=_build_fp4("nvfp4"),
+        contract_variants=("nvfp4",),
+    ),
     "gguf": MethodInfo(
         name="gguf",
         summary="llama.cpp's file types as users download them (" + ", ".join(FILE_TYPES) + "): converted to "
@@ -152,6 +197,8 @@ def parse_variant(text: str) -> Quantizer:
         if len(parts) < 2:
             raise UsageError(f"'{text}' names no GGUF type", f"write it as gguf:q4_k_m (one of {', '.join(FILE_TYPES)})")
         return method.build(parts[1], parts[2:])
+    if method.name in ("fp8", "mxfp4", "nvfp4"):
+        return method.build(parts[1] if len(parts) > 1 else None, parts[2:])
     if len(parts) < 2 or not parts[1].isdigit():
         raise UsageError(f"'{text}' names no bit width", f"write it as {method.example}")
     return method.build(int(parts[1]), parts[2:])
@@ -162,5 +209,5 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     return parse_items(items, PRESETS, parse_variant, lambda q: q.label, "variant")
 
 
-__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "FloatFormatQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
            "parse_variant", "parse_variants"]
