@@ -148,7 +148,8 @@ def test_weight_diagnostic_compares_legacy_gguf_grids(world):
     assert overall["gguf:q8_0"]["same_code_of_moved"] < overall["gguf:q4_0"]["same_code_of_moved"]
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                                  "IQ4_NL", "IQ4_XS"])
 def test_block_codes_rebuild_ggmls_own_values(kind):
     """The codes and scales unpacked from the bytes ggml's own quantizer writes rebuild, bit for bit, what the
     gguf package's dequantizer reads from them; the codes stay in each type's range."""

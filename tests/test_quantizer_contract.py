@@ -64,17 +64,19 @@ def test_weight_quantizers_are_idempotent(original, variant):
     """Quantizing a quantized model again changes nothing, except where llama.cpp's k-quants search a sub-block's
     scale and minimum anew: on already-rounded weights that search can land on another pair (measured on the
     miniature's original under Q4_K_M on an AMD EPYC host: one sub-block of 32 weights out of 1.57M, in
-    ``layers.0.mlp.down_proj``), so for k-quant variants the change is bounded (under 0.1% of any matrix)."""
+    ``layers.0.mlp.down_proj``), so for k-quant variants the change is bounded (under 0.1% of any matrix). The
+    i-quants search each block's scale too (llama.cpp tries 15 scales around the absmax one): measured on the
+    same host, IQ4_XS changes 0.8% of the embedding's weights on the second pass; bounded at 2%."""
     _, loaded = original
     quantizer = parse_variant(variant)
     model = copy.deepcopy(loaded.model)
     quantizer.apply(model)
     once = {k: v.clone() for k, v in model.state_dict().items()}
     quantizer.apply(model)
-    k_quant = "_k" in variant
+    bound = 2e-2 if ":iq" in variant else 1e-3 if "_k" in variant else None
     for k, v in model.state_dict().items():
-        if k_quant:
-            assert ((v - once[k]).abs() > 1e-6).float().mean() < 1e-3, k
+        if bound is not None:
+            assert ((v - once[k]).abs() > 1e-6).float().mean() < bound, k
         else:
             torch.testing.assert_close(v, once[k], rtol=0, atol=1e-6)
 

@@ -175,7 +175,7 @@ METHODS: dict[str, MethodInfo] = {
         needs="llama.cpp's quantizer: pip install -c constraints.txt 'unlearn-audit[gguf]' (builds llama-cpp-python "
               "from source: cmake and a C compiler; `make gguf`)",
         build=_build_gguf,
-        contract_variants=("gguf:q8_0", "gguf:q4_k_m"),
+        contract_variants=("gguf:q8_0", "gguf:q4_k_m", "gguf:iq4_xs"),
     ),
 }
 

@@ -2,7 +2,7 @@
 
 A GGUF tensor of a quantized type is a sequence of blocks (32 weights for the legacy types, 256 for the
 k-quants); each block stores one integer code per weight and, per sub-block (the weights sharing a scale:
-32 for Q4_0...Q8_0 and Q4_K/Q5_K, 16 for Q2_K/Q3_K/Q6_K), an effective scale and minimum. This module unpacks
+32 for Q4_0...Q8_0, Q4_K/Q5_K and the IQ4 types, 16 for Q2_K/Q3_K/Q6_K), an effective scale and minimum. This module unpacks
 them (layouts of ggml-common.h) into ``value = scale * code - low`` per weight, so the weight diagnostic can
 compare two files' codes and grids, as it compares GPTQ/AWQ checkpoints. ``BlockCodes.values`` rebuilds the
 dequantized weights in ggml's float32 order of operations; tests/test_gguf.py checks them bit for bit against
@@ -18,9 +18,11 @@ import numpy as np
 LAYOUT: dict[str, tuple[int, int, int]] = {
     "Q4_0": (32, 18, 32), "Q4_1": (32, 20, 32), "Q5_0": (32, 22, 32), "Q5_1": (32, 24, 32), "Q8_0": (32, 34, 32),
     "Q2_K": (256, 84, 16), "Q3_K": (256, 110, 16), "Q4_K": (256, 144, 32), "Q5_K": (256, 176, 32),
-    "Q6_K": (256, 210, 16),
+    "Q6_K": (256, 210, 16), "IQ4_NL": (32, 18, 32), "IQ4_XS": (256, 136, 32),
 }
 """GGML type -> (weights per block, bytes per block, weights per sub-block sharing one scale)."""
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+"""IQ4_NL's and IQ4_XS's 16 levels (ggml-common.h ``kvalues_iq4nl``), in code order."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class BlockCodes:
     codes: np.ndarray
     scale: np.ndarray
     low: np.ndarray
+    table: np.ndarray | None = None
+    """The i-quants' non-linear code book: ``value = scale * table[code]`` (codes are ordinal indices into it)."""
 
     @property
     def sub(self) -> int:
@@ -44,7 +48,8 @@ class BlockCodes:
     def values(self) -> np.ndarray:
         """The dequantized weights [blocks, weights], as ggml computes them."""
         scale, low = self.per_weight(self.scale), self.per_weight(self.low)
-        return scale * self.codes.astype(np.float32) - low
+        levels = self.codes.astype(np.float32) if self.table is None else self.table[self.codes]
+        return scale * levels - low
 
 
 def _half(raw: np.ndarray) -> np.ndarray:
@@ -127,6 +132,15 @@ def unpack(raw: np.ndarray, kind: str) -> BlockCodes:
         else:
             q = _nibbles(b[:, 48:], 32).astype(np.int16) | (_bits(b[:, 16:48], 8).astype(np.int16) << 4)
         return BlockCodes(kind, q, d * scales, dmin * mins)
+    if kind in ("IQ4_NL", "IQ4_XS"):  # d, qs[16] / d, scales_h (u16), scales_l[4], qs[128]
+        d = _half(b[:, :2])
+        if kind == "IQ4_NL":
+            return BlockCodes(kind, _nibbles(b[:, 2:], 16).astype(np.int16), d, np.zeros_like(d), IQ4_VALUES)
+        high = (np.ascontiguousarray(b[:, 2:4]).view("<u2") >> (2 * np.arange(8, dtype=np.uint16))) & 3
+        low4 = _nibbles(b[:, 4:8], 1)  # scale i: byte i // 2, low nibble for even i
+        scales = (low4 | (high.astype(np.uint8) << 4)).astype(np.int8) - np.int8(32)
+        q = _nibbles(b[:, 8:], 16).astype(np.int16)
+        return BlockCodes(kind, q, d * scales.astype(np.float32), np.zeros((n, 8), dtype=np.float32), IQ4_VALUES)
     # Q6_K: ql[128], qh[64], scales[16] (int8), d
     ql, qh, packed, d = b[:, :128], b[:, 128:192], b[:, 192:208], _half(b[:, 208:210])
     low = _nibbles(ql, 64).astype(np.int16)

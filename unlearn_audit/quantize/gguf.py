@@ -1,7 +1,7 @@
 """GGUF variants made the way a llama.cpp user's file is made: convert, quantize with llama.cpp, load back.
 
 ``gguf:q4_k_m`` (and q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q5_1, q4_k_s, q4_0, q4_1, q3_k_l, q3_k_m, q3_k_s,
-q2_k) converts the loaded model to a GGUF file in its own dtype (the ``gguf`` package, llama.cpp's own
+q2_k, and the i-quants iq4_xs and iq4_nl, which llama.cpp makes without an importance matrix) converts the loaded model to a GGUF file in its own dtype (the ``gguf`` package, llama.cpp's own
 Python library: tensor names from its name map, q/k rows permuted as ``convert_hf_to_gguf.py`` does for
 Llama-family models), quantizes that file with llama.cpp's ``llama_model_quantize`` (through
 llama-cpp-python), so the per-tensor type choices of the ``_M``/``_S``/``_L`` mixes are llama.cpp's own, and
@@ -41,14 +41,15 @@ FILE_TYPES: dict[str, tuple[str, int]] = {
     "q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", 4), "q4_1": ("LLAMA_FTYPE_MOSTLY_Q4_1", 4),
     "q3_k_l": ("LLAMA_FTYPE_MOSTLY_Q3_K_L", 3), "q3_k_m": ("LLAMA_FTYPE_MOSTLY_Q3_K_M", 3),
     "q3_k_s": ("LLAMA_FTYPE_MOSTLY_Q3_K_S", 3), "q2_k": ("LLAMA_FTYPE_MOSTLY_Q2_K", 2),
+    "iq4_xs": ("LLAMA_FTYPE_MOSTLY_IQ4_XS", 4), "iq4_nl": ("LLAMA_FTYPE_MOSTLY_IQ4_NL", 4),
 }
 """``gguf:TYPE`` -> (llama.cpp file type, the nominal bits of its main type)."""
 
 TENSOR_BITS = {"Q8_0": 8, "Q6_K": 6, "Q5_K": 5, "Q5_0": 5, "Q5_1": 5, "Q4_K": 4, "Q4_0": 4, "Q4_1": 4,
-               "Q3_K": 3, "Q2_K": 2}
+               "Q3_K": 3, "Q2_K": 2, "IQ4_XS": 4, "IQ4_NL": 4}
 """Bits per weight code of each GGML tensor type (levels per scale block at most 2**bits)."""
 SUB_BLOCK = {"Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "Q4_K": 32, "Q5_K": 32,
-             "Q6_K": 16, "Q3_K": 16, "Q2_K": 16}
+             "Q6_K": 16, "Q3_K": 16, "Q2_K": 16, "IQ4_XS": 32, "IQ4_NL": 32}
 """Weights sharing one scale (and minimum) in each type: the unit whose distinct values the proof counts."""
 
 
