@@ -187,3 +187,19 @@ def test_device_strings_are_checked_before_any_work():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_the_deploy_preset_audits_the_miniature(world, tmp_path):
+    """``--quant deploy``: every format of the preset quantizes both models, with its proof, in one audit."""
+    from unlearn_audit.quantize import PRESETS, parse_variant
+
+    result = runner.invoke(app, ["check", "miniature/fragile", "--quant", "deploy", "--max-items", "8", "--min-items",
+                                 "1", "--cache-dir", str(world.hub_cache), "--out", str(tmp_path / "o")])
+    assert result.exit_code in (0, 1, 4), result.output
+    record = _record(tmp_path / "o")
+    labels = [parse_variant(v).label for v in PRESETS["deploy"]]
+    assert [v for v in record["variants"] if v != "full"] == labels
+    for role in ("unlearned", "original"):
+        runs = {r["variant"]: r for r in record["runs"] if r["role"] == role}
+        for label in labels:
+            assert runs[label]["proof"]["layers_quantized"] >= 28, (role, label)

@@ -3,7 +3,7 @@
 Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
 ``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
 ``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gguf:q4_k_m`` (llama.cpp file types), ``fp8`` (``fp8:block128``, ``fp8:channel``,
-``fp8:tensor``, ``:ue8m0``), ``mxfp4``, ``nvfp4``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
+``fp8:tensor``, ``:ue8m0``), ``mxfp4``, ``nvfp4``, ``mlx:4:g64``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
 (act-order), ``awq:4`` (group 128, zero point). ``paper`` names the quantization paper's attack:
 ``bnb:fp4`` and ``bnb:int8``.
 """
@@ -20,6 +20,7 @@ from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
 from .calibrated import CalibratedQuantizer
 from .floats import FP8_TILES, FloatFormatQuantizer
+from .mlx_affine import MLXAffineQuantizer
 from .gguf import FILE_TYPES, GGUFQuantizer
 from .rtn import RTNQuantizer
 
@@ -75,6 +76,19 @@ def _build_fp8(tile: str | None, options: list[str]) -> Quantizer:
     return FloatFormatQuantizer(format="fp8", tile=tile or "block128", ue8m0="ue8m0" in options)
 
 
+def _build_mlx(bits: int, options: list[str]) -> Quantizer:
+    group, rounding = 64, "metal"
+    for opt in options:
+        if opt.startswith("g") and opt[1:].isdigit():
+            group = int(opt[1:])
+        elif opt in ("cpu", "metal"):
+            rounding = opt
+        else:
+            raise UsageError(f"unknown MLX option '{opt}'", "use gN (group size 32, 64 or 128) or cpu (MLX's CPU "
+                             "rounding), e.g. mlx:4:g64")
+    return MLXAffineQuantizer(bits=bits, group_size=group, rounding=rounding)
+
+
 def _build_fp4(name: str) -> Callable[[Any, list[str]], Quantizer]:
     def build(setting: str | None, options: list[str]) -> Quantizer:
         extra = [x for x in (setting, *options) if x is not None]
@@ -102,9 +116,15 @@ def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
     return build
 
 
-PRESETS = {"paper": ("bnb:fp4", "bnb:int8")}
+PRESETS = {"paper": ("bnb:fp4", "bnb:int8"),
+           "deploy": ("gguf:q4_k_m", "gguf:q8_0", "bnb:nf4", "fp8:block128", "fp8:channel", "mxfp4", "nvfp4")}
 """Named sets of variants. ``paper``: Zhang et al.'s 4-bit (bnb FP4, blocks of 64, no double
-quantization) and 8-bit (LLM.int8) attacks."""
+quantization) and 8-bit (LLM.int8) attacks. ``deploy``: the formats models are published and served in, as the
+producers document them (no Hub counts could be read here; docs/quantizers.md says how it was chosen): llama.cpp's
+Q4_K_M and Q8_0 (the files GGUF repositories lead with), bitsandbytes NF4 (transformers' and QLoRA's 4-bit), FP8 in
+128x128 blocks (DeepSeek-V3, Qwen3) and per channel (llm-compressor's FP8 checkpoints of Llama and Mistral), MXFP4
+(gpt-oss) and NVFP4 (NVIDIA's Blackwell checkpoints). Calibrated methods (GPTQ, AWQ) are left out: they need an extra
+and calibration text."""
 
 METHODS: dict[str, MethodInfo] = {
     "rtn": MethodInfo(
@@ -167,6 +187,16 @@ METHODS: dict[str, MethodInfo] = {
         build=_build_fp4("nvfp4"),
         contract_variants=("nvfp4",),
     ),
+    "mlx": MethodInfo(
+        name="mlx",
+        summary="MLX affine (mlx-community's 4-bit models): 2-8 bits, groups of 64 (g32, g128), min-max with the "
+                "larger edge exact, rounded as Metal does (:cpu as MLX's CPU backend); every linear layer and the embedding "
+                "whose width the group divides",
+        example="mlx:4:g64",
+        needs="nothing beyond torch; runs on CPU (checked against the mlx wheel where it installs)",
+        build=_build_mlx,
+        contract_variants=("mlx:4:g64", "mlx:3:g32:cpu"),
+    ),
     "gguf": MethodInfo(
         name="gguf",
         summary="llama.cpp's file types as users download them (" + ", ".join(FILE_TYPES) + "): converted to "
@@ -209,5 +239,6 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
     return parse_items(items, PRESETS, parse_variant, lambda q: q.label, "variant")
 
 
-__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "FloatFormatQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+__all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "FloatFormatQuantizer",
+           "MLXAffineQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
            "parse_variant", "parse_variants"]
