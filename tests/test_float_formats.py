@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from unlearn_audit.quantize import parse_variant
-from unlearn_audit.quantize.floats import E2M1_VALUES, fp8_grid, mxfp4_grid, nvfp4_grid, round_e2m1
+from unlearn_audit.quantize.floats import (E2M1_VALUES, fp8_grid, mlx_mxfp4_grid, mlx_nvfp4_grid, mxfp4_grid,
+                                           nvfp4_grid, round_e2m1)
 
 torchao = pytest.importorskip("torchao", reason="the producer checks need torchao (the test extra installs it)")
 
@@ -113,6 +115,31 @@ def test_unknown_settings_are_refused_in_one_line():
     from unlearn_audit.errors import UsageError
 
     for bad, said in (("fp8:block64", "unknown FP8 tiling"), ("fp8:block128:e5m2", "unknown FP8 option"),
-                      ("mxfp4:g16", "mxfp4 takes no settings")):
+                      ("mxfp4:g16", "unknown mxfp4 setting 'g16'"), ("nvfp4:mlx:mlx", "unknown nvfp4 setting")):
         with pytest.raises(UsageError, match=said):
             parse_variant(bad)
+
+
+def test_e2m1_ties_toward_zero_as_mlx_rounds_them():
+    x = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -1.75, 0.26])
+    assert round_e2m1(x, ties="zero").tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, -1.5, 0.5]
+
+
+@pytest.mark.parametrize("mode,grid,dtype", [(m, g, d) for m, g in (("mxfp4", mlx_mxfp4_grid), ("nvfp4", mlx_nvfp4_grid))
+                                             for d in ("float32", "bfloat16")])
+def test_mlx_formats_equal_mlx(stories, mode, grid, dtype):
+    """mxfp4:mlx and nvfp4:mlx against the mlx wheel's own ``quantize``/``dequantize`` (modes mxfp4, nvfp4), on the
+    same matrices and on a block built to land on every E2M1 tie (scale 2**-3 exactly: amax 0.75)."""
+    mx = pytest.importorskip("mlx.core", reason="the mlx CPU wheel does not install here (pip install 'mlx[cpu]')")
+    group = 32 if mode == "mxfp4" else 16
+    ties = torch.zeros(2, 64)
+    ties[:, :12] = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.75, -2.5, -1.75, 0.1]) / 8
+    ties[:, 16:28] = ties[:, :12]
+    matrices = {**{n: w for n, w in _weights(stories).items() if w.shape[1] % group == 0}, "ties": ties}
+    for name, w in matrices.items():
+        w = w.to(getattr(torch, dtype))
+        ours = grid(w).quantize(w).numpy()
+        arr = mx.array(w.float().numpy()).astype(getattr(mx, dtype))
+        packed, scales = mx.quantize(arr, group_size=group, bits=4, mode=mode)
+        theirs = np.array(mx.dequantize(packed, scales, group_size=group, bits=4, mode=mode).astype(mx.float32))
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"{name} {mode} {dtype}")

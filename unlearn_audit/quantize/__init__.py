@@ -92,9 +92,10 @@ def _build_mlx(bits: int, options: list[str]) -> Quantizer:
 def _build_fp4(name: str) -> Callable[[Any, list[str]], Quantizer]:
     def build(setting: str | None, options: list[str]) -> Quantizer:
         extra = [x for x in (setting, *options) if x is not None]
-        if extra:
-            raise UsageError(f"{name} takes no settings (got '{extra[0]}')", f"write it as {name} alone")
-        return FloatFormatQuantizer(format=name)
+        if extra not in ([], ["mlx"]):
+            bad = next((x for x in extra if x != "mlx"), extra[-1])
+            raise UsageError(f"unknown {name} setting '{bad}'", f"write {name} (OCP's rule) or {name}:mlx (MLX's)")
+        return FloatFormatQuantizer(format=name, producer="mlx" if extra else "ocp")
     return build
 
 
@@ -173,19 +174,21 @@ METHODS: dict[str, MethodInfo] = {
     ),
     "mxfp4": MethodInfo(
         name="mxfp4",
-        summary="OCP MXFP4: E2M1 elements, one power-of-two (E8M0) scale per 32, 2**(floor(log2(amax)) - 2)",
+        summary="OCP MXFP4: E2M1 elements, one power-of-two (E8M0) scale per 32, 2**(floor(log2(amax)) - 2); "
+                "mxfp4:mlx as MLX makes it (2**ceil(log2(amax / 6)), ties toward zero)",
         example="mxfp4",
         needs="nothing beyond torch; runs on CPU",
         build=_build_fp4("mxfp4"),
-        contract_variants=("mxfp4",),
+        contract_variants=("mxfp4", "mxfp4:mlx"),
     ),
     "nvfp4": MethodInfo(
         name="nvfp4",
-        summary="NVIDIA NVFP4: E2M1 elements, an E4M3 scale per 16 and a float32 per-tensor scale",
+        summary="NVIDIA NVFP4: E2M1 elements, an E4M3 scale per 16 and a float32 per-tensor scale; nvfp4:mlx as MLX "
+                "makes it (no per-tensor scale, ties toward zero)",
         example="nvfp4",
         needs="nothing beyond torch; runs on CPU",
         build=_build_fp4("nvfp4"),
-        contract_variants=("nvfp4",),
+        contract_variants=("nvfp4", "nvfp4:mlx"),
     ),
     "mlx": MethodInfo(
         name="mlx",

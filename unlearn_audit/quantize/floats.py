@@ -20,6 +20,10 @@ the result bit for bit against the producer itself (torchao, see tests/test_floa
   ``s = float8_e4m3fn(clamp(amax_block / 6 / t, 2**-6, 448))``; ``e = E2M1(clamp(w * ((1 / t) / s), -6, 6))``;
   ``w' = e * (t * s)``.
 
+``mxfp4:mlx`` and ``nvfp4:mlx`` are MLX's variants of the last two (measured bit for bit on the mlx 0.32 wheel): the
+MXFP4 scale is ``2 ** ceil(log2(amax / 6))``, NVFP4 has no per-tensor scale (``s = e4m3(amax / 6)``), and an element's
+tie goes toward zero.
+
 A matrix whose width (or height, for 128 x 128 tiles) is not a multiple of the tile is padded with zeros to one
 (zeros change no tile's amax) and cut back: the last tile of each row is shorter, as GPTQ's groups are.
 Linear layers only; ``lm_head`` stays in full precision.
@@ -61,14 +65,16 @@ E2M1_VALUES = _e2m1_table()
 """15 values, -6 ... 6."""
 
 
-def round_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (float32) rounded to the nearest E2M1 value, ties to the even code (OCP), saturated at +-6."""
+def round_e2m1(x: torch.Tensor, ties: str = "even") -> torch.Tensor:
+    """``x`` (float32) rounded to the nearest E2M1 value, saturated at +-6; a tie goes to the even code (OCP,
+    torchao) or, with ``ties="zero"``, to the smaller magnitude (MLX: the first of its code table's minima)."""
     magnitudes = torch.tensor(E2M1_MAGNITUDES, device=x.device)
     mids = (magnitudes[1:] + magnitudes[:-1]) / 2
     a = x.abs().clamp(max=E2M1_MAX)
     index = torch.bucketize(a, mids)  # a == mids[i] gives i: the lower neighbour
-    tie = (index < len(mids)) & (a == mids[index.clamp(max=len(mids) - 1)]) & (index % 2 == 1)
-    index = index + tie.long()  # a tie goes to the even code (index 0, 2, 4, 6: mantissa bit 0)
+    if ties == "even":
+        tie = (index < len(mids)) & (a == mids[index.clamp(max=len(mids) - 1)]) & (index % 2 == 1)
+        index = index + tie.long()  # a tie goes to the even code (index 0, 2, 4, 6: mantissa bit 0)
     return torch.copysign(magnitudes[index], x)
 
 
@@ -116,6 +122,8 @@ class FloatGrid:
     """NVFP4: the producer multiplies by a reciprocal (``w * ((1 / t) / s)``) instead of dividing."""
     inverse: torch.Tensor | None = None
     """NVFP4: that reciprocal per tile."""
+    ties: str = "even"
+    """How an E2M1 element's tie is rounded (see :func:`round_e2m1`)."""
 
     def _elements(self, weight: torch.Tensor) -> torch.Tensor:
         tiles = _tiles(weight.float(), self.rows, self.cols)
@@ -126,7 +134,7 @@ class FloatGrid:
             scaled = torch.where(self.scale > 0, tiles / safe, torch.zeros_like(tiles))
         if self.element == "e4m3":
             return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
-        return round_e2m1(scaled)
+        return round_e2m1(scaled, self.ties)
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         levels = torch.bucketize(self._elements(weight), self.values.to(weight.device))
@@ -168,6 +176,25 @@ def mxfp4_grid(weight: torch.Tensor) -> FloatGrid:
     return FloatGrid(scale=scale, values=E2M1_VALUES, rows=1, cols=32, shape=w.shape, element="e2m1")
 
 
+def mlx_mxfp4_grid(weight: torch.Tensor) -> FloatGrid:
+    """MXFP4 as the mlx 0.32 wheel makes it (``mx.quantize(w, mode="mxfp4")``, measured bit for bit): the power of
+    two at or above ``amax / 6`` (so nothing clips), elements rounded to the nearest E2M1 value with ties toward
+    zero."""
+    w = weight.detach().float()
+    amax = _tiles(w, 1, 32).abs().amax(dim=-1, keepdim=True)
+    exponent = torch.ceil(torch.log2(amax / E2M1_MAX)).clamp(-127, 127)
+    scale = torch.where(amax > 0, torch.exp2(exponent), torch.zeros_like(amax))
+    return FloatGrid(scale=scale, values=E2M1_VALUES, rows=1, cols=32, shape=w.shape, element="e2m1", ties="zero")
+
+
+def mlx_nvfp4_grid(weight: torch.Tensor) -> FloatGrid:
+    """NVFP4 as the mlx 0.32 wheel makes it without a global scale: one E4M3 scale ``amax / 6`` per 16 (torch's
+    cast), elements rounded to the nearest E2M1 value with ties toward zero."""
+    w = weight.detach().float()
+    block = (_tiles(w, 1, 16).abs().amax(dim=-1, keepdim=True) / E2M1_MAX).to(torch.float8_e4m3fn).float()
+    return FloatGrid(scale=block, values=E2M1_VALUES, rows=1, cols=16, shape=w.shape, element="e2m1", ties="zero")
+
+
 def nvfp4_grid(weight: torch.Tensor) -> FloatGrid:
     w = weight.detach().float()
     tensor_scale = w.abs().amax() / (E4M3_MAX * E2M1_MAX)
@@ -197,6 +224,8 @@ class FloatFormatQuantizer:
     format: str = "fp8"
     tile: str = "block128"
     ue8m0: bool = False
+    producer: str = "ocp"
+    """mxfp4/nvfp4: ``ocp`` (OCP's rule as torchao makes it; for nvfp4 with a per-tensor scale) or ``mlx``."""
 
     stage = "weights"
     fixed_grid = True
@@ -206,11 +235,13 @@ class FloatFormatQuantizer:
             raise InputError(f"unknown floating-point format '{self.format}'", "use fp8, mxfp4 or nvfp4")
         if self.format == "fp8":
             _tile_shape(self.tile, torch.Size((1, 1)))
+        if self.producer not in ("ocp", "mlx"):
+            raise InputError(f"unknown producer '{self.producer}'", f"use {self.format} or {self.format}:mlx")
 
     @property
     def label(self) -> str:
         if self.format != "fp8":
-            return self.format
+            return self.format + (":mlx" if self.producer == "mlx" else "")
         return f"fp8:{self.tile}" + (":ue8m0" if self.ue8m0 else "")
 
     @property
@@ -230,6 +261,11 @@ class FloatFormatQuantizer:
             return {**base, "element": "E4M3 (float8_e4m3fn), clamped to +-448, round half to even",
                     "tile": self.tile, "scale": "UE8M0: 2**ceil(log2(amax / 448)) (DeepSeek-V3.1)" if self.ue8m0
                     else "float32: amax / 448", "producer": "torchao _quantize_affine_float8 / DeepSeek-V3"}
+        if self.producer == "mlx":
+            return {**base, "element": "E2M1, nearest, ties toward zero, saturating",
+                    "block_size": 32 if self.format == "mxfp4" else 16,
+                    "scale": "E8M0: 2**ceil(log2(amax / 6))" if self.format == "mxfp4" else "E4M3: amax / 6",
+                    "producer": "mlx 0.32 mx.quantize (mode %s)" % self.format}
         if self.format == "mxfp4":
             return {**base, "element": "E2M1, round half to even, saturating", "block_size": 32,
                     "scale": "E8M0: 2**(floor(log2(amax)) - 2) (OCP MX v1.0)", "producer": "torchao to_mx FLOOR"}
@@ -240,6 +276,8 @@ class FloatFormatQuantizer:
     def fit_grid(self, weight: torch.Tensor) -> FloatGrid:
         if self.format == "fp8":
             return fp8_grid(weight, self.tile, self.ue8m0)
+        if self.producer == "mlx":
+            return mlx_mxfp4_grid(weight) if self.format == "mxfp4" else mlx_nvfp4_grid(weight)
         return mxfp4_grid(weight) if self.format == "mxfp4" else nvfp4_grid(weight)
 
     @torch.no_grad()
