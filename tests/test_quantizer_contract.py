@@ -68,14 +68,16 @@ def test_weight_quantizers_are_idempotent(original, variant):
     i-quants search each block's scale too (llama.cpp tries 15 scales around the absmax one): measured on the
     same host, IQ4_XS changes 0.8% of the embedding's weights on the second pass; bounded at 2%. MLX's affine grid
     is refitted to the quantized group's new minimum and maximum: MLX itself (the CPU wheel, 4 bits, groups of 64,
-    a 2048x128 Gaussian matrix) changes 11.8% of the weights on a second pass; bounded at 20%."""
+    a 2048x128 Gaussian matrix) changes 11.8% of the weights on a second pass; bounded at 20%. HQQ's optimiser
+    refits scale and zero point too: hqq itself changes 5.2% of such a matrix on a second pass (9.7% of one of the
+    miniature's matrices); bounded at 20%."""
     _, loaded = original
     quantizer = parse_variant(variant)
     model = copy.deepcopy(loaded.model)
     quantizer.apply(model)
     once = {k: v.clone() for k, v in model.state_dict().items()}
     quantizer.apply(model)
-    bound = 0.2 if variant.startswith("mlx") else 2e-2 if ":iq" in variant else 1e-3 if "_k" in variant else None
+    bound = 0.2 if variant.startswith(("mlx", "hqq")) else 2e-2 if ":iq" in variant else 1e-3 if "_k" in variant else None
     for k, v in model.state_dict().items():
         if bound is not None:
             assert ((v - once[k]).abs() > 1e-6).float().mean() < bound, k

@@ -3,7 +3,7 @@
 Variant syntax: ``METHOD:SETTING[:OPTION...]``, e.g. ``rtn:4`` (group 128, asymmetric),
 ``rtn:3:g64``, ``rtn:4:g128:sym``, ``rtn:8:head`` (also quantize ``lm_head``), ``bnb:fp4``,
 ``bnb:nf4:dq`` (double quantization), ``bnb:int8``, ``gguf:q4_k_m`` (llama.cpp file types), ``fp8`` (``fp8:block128``, ``fp8:channel``,
-``fp8:tensor``, ``:ue8m0``), ``mxfp4``, ``nvfp4``, ``mlx:4:g64``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
+``fp8:tensor``, ``:ue8m0``), ``mxfp4``, ``nvfp4``, ``mlx:4:g64``, ``hqq:4:g64``, ``gptq:4`` (group 128, symmetric), ``gptq:4:g64:act``
 (act-order), ``awq:4`` (group 128, zero point). ``paper`` names the quantization paper's attack:
 ``bnb:fp4`` and ``bnb:int8``.
 """
@@ -20,6 +20,7 @@ from .base import QuantProof, QuantResult, Quantizer
 from .bnb import BnbQuantizer
 from .calibrated import CalibratedQuantizer
 from .floats import FP8_TILES, FloatFormatQuantizer
+from .hqq import HQQQuantizer
 from .mlx_affine import MLXAffineQuantizer
 from .gguf import FILE_TYPES, GGUFQuantizer
 from .rtn import RTNQuantizer
@@ -87,6 +88,16 @@ def _build_mlx(bits: int, options: list[str]) -> Quantizer:
             raise UsageError(f"unknown MLX option '{opt}'", "use gN (group size 32, 64 or 128) or cpu (MLX's CPU "
                              "rounding), e.g. mlx:4:g64")
     return MLXAffineQuantizer(bits=bits, group_size=group, rounding=rounding)
+
+
+def _build_hqq(bits: int, options: list[str]) -> Quantizer:
+    group = 64
+    for opt in options:
+        if opt.startswith("g") and opt[1:].isdigit():
+            group = int(opt[1:])
+        else:
+            raise UsageError(f"unknown HQQ option '{opt}'", "use gN (group size, a multiple of 8), e.g. hqq:4:g64")
+    return HQQQuantizer(bits=bits, group_size=group)
 
 
 def _build_fp4(name: str) -> Callable[[Any, list[str]], Quantizer]:
@@ -200,6 +211,15 @@ METHODS: dict[str, MethodInfo] = {
         build=_build_mlx,
         contract_variants=("mlx:4:g64", "mlx:3:g32:cpu"),
     ),
+    "hqq": MethodInfo(
+        name="hqq",
+        summary="HQQ through the hqq package: 2, 3, 4 or 8 bits, groups of 64 (gN) of the flattened matrix, its "
+                "proximal optimiser (no calibration data)",
+        example="hqq:4:g64",
+        needs="hqq: pip install -c constraints.txt 'unlearn-audit[hqq]' (runs on CPU)",
+        build=_build_hqq,
+        contract_variants=("hqq:4:g64",),
+    ),
     "gguf": MethodInfo(
         name="gguf",
         summary="llama.cpp's file types as users download them (" + ", ".join(FILE_TYPES) + "): converted to "
@@ -243,5 +263,5 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> list[Quantizer]:
 
 
 __all__ = ["METHODS", "PRESETS", "BnbQuantizer", "CalibratedQuantizer", "FloatFormatQuantizer",
-           "MLXAffineQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
+           "HQQQuantizer", "MLXAffineQuantizer", "GGUFQuantizer", "QuantProof", "QuantResult", "Quantizer", "RTNQuantizer",
            "parse_variant", "parse_variants"]
