@@ -167,6 +167,8 @@ def test_default_device_is_the_accelerator(monkeypatch):
     assert resolve_device("auto") == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu" and config.resolved_dtype == "float32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs: cuda:1 as given
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == "cuda:1"
 
 

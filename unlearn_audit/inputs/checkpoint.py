@@ -4,7 +4,10 @@ from the headers alone, one tensor at a time."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,10 +32,24 @@ def tensor_index(folder: Path) -> dict[str, Path]:
                          "download the whole checkpoint again (or fix model.safetensors.index.json)")
     index = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as handle:
+        with _opened(f) as handle:
             for name in handle.keys():
                 index[name] = f
     return index
+
+
+@contextmanager
+def _opened(file: Path) -> Iterator[Any]:
+    """``safe_open`` of one file, its header parse failures (a truncated or hostile file) as bad input."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{file.name} is not a readable safetensors file ({detail})",
+                         "download the checkpoint again") from None
 
 
 def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -42,7 +59,7 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
     shapes = {}
     for file in sorted(set(tensor_index(folder).values())):
-        with safe_open(str(file), framework="pt") as handle:
+        with _opened(file) as handle:
             for name in handle.keys():
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes

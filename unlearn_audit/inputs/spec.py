@@ -279,6 +279,8 @@ def spec_mapping(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read spec {path}: {exc.strerror}", "pass an existing YAML file to --spec") from None
+    except UnicodeDecodeError:
+        raise InputError(f"spec {path} is not UTF-8 text", "pass a YAML file to --spec") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -12,6 +12,8 @@ not audited, with the reason. Only the chosen files are downloaded, in phase two
 
 from __future__ import annotations
 
+import struct
+
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +132,19 @@ def _checkpoint_variant(repo_id: str, files: list[str], *, cache_dir: Path | Non
 
 
 def _file_type(path: Path) -> str | None:
+    """The GGUF file's ``general.file_type``, read with gguf's Python reader (never llama.cpp's C parser); a file
+    it cannot parse is bad input, named, not a crash."""
     import gguf
 
-    field_ = gguf.GGUFReader(str(path)).fields.get("general.file_type")
-    if field_ is None:
-        return None
-    return GGUF_FILE_TYPES.get(int(field_.parts[-1][0]))
+    try:
+        field_ = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+        if field_ is None:
+            return None
+        return GGUF_FILE_TYPES.get(int(field_.parts[-1][0]))
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, MemoryError) as exc:
+        raise InputError(f"{path.name} is not a readable GGUF file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+                         "download it again, or leave this repository out of --published") from None
 
 
 @dataclass

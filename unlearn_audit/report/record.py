@@ -103,11 +103,16 @@ class AuditReport:
                              f"{', '.join(map(str, READABLE_VERSIONS))}",
                              "re-render it with the unlearn-audit version that wrote it, or re-run the audit")
         fields = dict(data)
-        fields["runs"] = [VariantRun(**r) for r in data["runs"]]
         try:
+            runs = data["runs"]
+            if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+                raise TypeError("'runs' is not a list of runs")
+            fields["runs"] = [VariantRun(**r) for r in runs]
             return cls(**fields)
-        except TypeError as exc:
-            raise InputError(f"the record is not a complete audit record ({exc})", "pass a report.json this tool wrote") from None
+        except (TypeError, KeyError) as exc:
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InputError(f"the record is not a complete audit record ({detail})",
+                             "pass a report.json this tool wrote") from None
 
 
 def judged_recoveries(record: dict[str, Any]) -> list[dict[str, Any]]:
