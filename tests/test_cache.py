@@ -34,7 +34,55 @@ def test_entries_round_trip_exactly(tmp_path):
     (tmp_path / "cd" / ("cd" * 32 + ".json")).parent.mkdir()
     (tmp_path / "cd" / ("cd" * 32 + ".json")).write_text("{not json")
     assert cache.load("cd" * 32) is None  # a damaged entry is recomputed, never trusted
+    assert cache.check("cd" * 32) == (None, "not JSON (truncated?)")
+    assert cache.check("ef" * 32) == (None, None)  # no entry: nothing to report
     assert ResultCache(None).load("ab" * 32) is None
+
+
+def test_an_edited_or_truncated_entry_is_caught_by_its_checksum(tmp_path):
+    """An entry that still parses but was edited (a score changed by hand or by a disk fault) is not trusted, nor is
+    one cut short; an entry of the old format (1) is recomputed without a report."""
+    run = CachedRun(probes={"verbmem_f": ProbeOutput("verbmem_f", "mean", [ItemScore("v/0", 0.25)], {})},
+                    settings=None, proof=None, truncated={}, seconds=1.0)
+    cache = ResultCache(tmp_path)
+    cache.store("ab" * 32, run)
+    path = tmp_path / "ab" / ("ab" * 32 + ".json")
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, "body": entry["body"].replace("0.25", "0.75")}))
+    assert cache.check("ab" * 32) == (None, "checksum mismatch (edited or damaged)")
+    cache.store("ab" * 32, run)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    assert cache.check("ab" * 32) == (None, "not JSON (truncated?)")
+    path.write_text(json.dumps({"format": 1, "probes": {}}))
+    assert cache.check("ab" * 32) == (None, None)
+
+
+def test_concurrent_writers_never_leave_a_torn_entry(tmp_path):
+    """Four processes write different runs under one key 25 times each while this one reads it: every read is a
+    whole entry, one of the runs written (the checksum verifies), never a mix or a partial file."""
+    script = ("import sys\n"
+              "from pathlib import Path\n"
+              "from unlearn_audit.auditing.cache import CachedRun, ResultCache\n"
+              "from unlearn_audit.probes.base import ItemScore, ProbeOutput\n"
+              "w = int(sys.argv[2])\n"
+              "items = [ItemScore(f'v/{i}', float(w), 'p' * 200) for i in range(2000)]\n"
+              "run = CachedRun(probes={'verbmem_f': ProbeOutput('verbmem_f', 'mean', items, {})}, settings=None,\n"
+              "                proof=None, truncated={}, seconds=float(w))\n"
+              "for _ in range(25):\n"
+              "    ResultCache(Path(sys.argv[1])).store('ab' * 32, run)\n")
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(w)]) for w in range(4)]
+    cache, seen = ResultCache(tmp_path), set()
+    while any(p.poll() is None for p in writers):
+        hit, why = cache.check("ab" * 32)
+        assert why is None, why
+        if hit is not None:
+            scores = {item.score for item in hit.probes["verbmem_f"].items}
+            assert len(scores) == 1 and scores == {hit.seconds}  # one writer's run, whole
+            seen.add(hit.seconds)
+    assert all(p.returncode == 0 for p in writers)
+    assert cache.check("ab" * 32)[0] is not None and seen
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_key_covers_what_results_depend_on():
@@ -114,6 +162,19 @@ def test_killed_audit_resumes_with_only_what_was_missing_and_the_same_record(wor
     assert third.wait(timeout=600) == 1
     record = json.loads((out / "report.json").read_text())
     assert record["execution"]["cache"]["computed"] == [] and comparable(record) == comparable(reference)
+
+    # an entry edited on disk (its body no longer matches its checksum) is recomputed, said, and recorded
+    entry_path = _entries(results)[0]
+    entry = json.loads(entry_path.read_text())
+    entry_path.write_text(json.dumps({**entry, "body": entry["body"].replace('"score": 0', '"score": 1', 1)
+                                      if '"score": 0' in entry["body"] else entry["body"] + " "}))
+    fourth = _cli(world, out, results)
+    assert fourth.wait(timeout=600) == 1
+    assert "cache entry not trusted (checksum mismatch" in fourth.stderr.read()
+    record = json.loads((out / "report.json").read_text())
+    cache = record["execution"]["cache"]
+    assert len(cache["computed"]) == 1 and list(cache["rejected"]) == cache["computed"]
+    assert comparable(record) == comparable(reference)
 
 
 def test_original_results_are_shared_across_audits_of_its_checkpoints(world, tmp_path):

@@ -86,4 +86,5 @@ def _execution_block(plan: Plan, runs: Runs, config: AuditConfig) -> dict[str, A
             "engine": config.probes.engine, "batch_size": config.probes.batch_size or "auto",
             "batches": runs.engine_stats, "peak_rss_mb": peak_rss_mb(),
             "peak_accelerator_mb": peak_accelerator_mb(), "phase_seconds": plan.timings,
-            "cache": {"dir": runs.cache_dir, "reused": runs.reused, "computed": runs.computed}}
+            "cache": {"dir": runs.cache_dir, "reused": runs.reused, "computed": runs.computed,
+                      "rejected": runs.rejected}}

@@ -47,6 +47,8 @@ class Runs:
     reused: list[str]
     computed: list[str]
     engine_stats: dict[str, Any]
+    rejected: dict[str, str]
+    """``role/variant`` -> why its cache entry was not trusted (checksum mismatch, truncated): recomputed."""
     cache_dir: str | None
 
 
@@ -244,10 +246,15 @@ def run_all(plan: Plan, config: AuditConfig, reporter: Reporter) -> Runs:
               "probes_run": [info.name for info in probes_for(plan.data, config.probes.only)],
               "data": texts_digest(plan.data.texts()), **reproducibility_key(config, dtype)}
     result = Runs(outputs={}, runs=[], models={}, truncated={"generate": 0, "score": 0}, reused=[], computed=[],
-                  engine_stats={}, cache_dir=None if cache.root is None else str(cache.root))
+                  engine_stats={}, rejected={}, cache_dir=None if cache.root is None else str(cache.root))
     for role in plan.repos:
         keys = _cache_keys(plan, role, cache, shared, config.probes.seed)
-        cached = {label: hit for label, key in keys.items() if (hit := cache.load(key)) is not None}
+        checked = {label: cache.check(key) for label, key in keys.items()}
+        cached = {label: hit for label, (hit, _) in checked.items() if hit is not None}
+        for label, (_, why) in checked.items():
+            if why is not None:
+                result.rejected[f"{role}/{label}"] = why
+                reporter.note(f"{role}/{label}: cache entry not trusted ({why}); recomputing it")
         derived = {q.label for q in plan.quantizers if q.stage == "published" and role != "unlearned"}
         loaded = None
         if any(label not in cached and label not in derived for label in keys):
