@@ -130,11 +130,17 @@ VOLATILE = ("created_at", "duration_seconds", "execution")
 """Top-level fields that describe one execution rather than the audit's results."""
 
 
+def _without_seconds(proof: Any) -> Any:
+    """An attack's proof less its wall time (the one field of it an execution changes)."""
+    return {k: v for k, v in proof.items() if k != "seconds"} if isinstance(proof, dict) else proof
+
+
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` without what differs between executions of the same audit (timings, memory, cache use):
     two audits with equal settings must give equal comparable records, cached, resumed or not."""
     data = {k: v for k, v in record.items() if k not in VOLATILE}
-    data["runs"] = [{k: v for k, v in run.items() if k != "seconds"} for run in record["runs"]]
+    data["runs"] = [{k: _without_seconds(v) if k == "proof" else v for k, v in run.items() if k != "seconds"}
+                    for run in record["runs"]]
     return data
 
 

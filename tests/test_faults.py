@@ -1,0 +1,81 @@
+"""The fault matrix (docs/faults.md): an interrupt (SIGINT, as Python raises it) and running out of memory injected
+at each stage of an audit of the miniature, through the CLI. Every cell ends in one line with exit 3 naming the
+fault, no report and no temporary file in the output folder, and a rerun of the same command gives the record an
+uninterrupted run gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unlearn_audit.cli import app
+from unlearn_audit.report.record import comparable
+
+runner = CliRunner()
+ARGS = ["check", "miniature/fragile", "--quant", "rtn:4", "--attack", "prune:0.2", "--max-items", "4",
+        "--min-items", "1"]
+
+STAGES = {
+    "resolve": ("unlearn_audit.auditing.planning", "plan"),
+    "download": ("unlearn_audit.auditing.fetching", "fetch"),
+    "load": ("unlearn_audit.auditing.runs", "_load"),
+    "quantize": ("unlearn_audit.quantize.rtn", "RTNQuantizer.apply"),
+    "attack": ("unlearn_audit.attacks.prune", "MagnitudePrune.attack"),
+    "record": ("unlearn_audit.auditing.recording", "record"),
+}
+FAULTS = {"sigint": (KeyboardInterrupt, "interrupted"),
+          "oom": (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out of memory")}
+
+
+def _run(world, out: Path, results: Path):
+    return runner.invoke(app, [*ARGS, "--cache-dir", str(world.hub_cache), "--results-dir", str(results),
+                               "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """The uninterrupted record."""
+    out = tmp_path_factory.mktemp("fault-reference")
+    result = _run(world, out, out / "results")
+    assert result.exit_code in (0, 1, 4), result.output
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_fault_at_each_stage(world, tmp_path, monkeypatch, reference, stage, fault):
+    import importlib
+
+    module_name, attribute = STAGES[stage]
+    module = importlib.import_module(module_name)
+    owner, name = (getattr(module, attribute.split(".")[0]), attribute.split(".")[1]) if "." in attribute \
+        else (module, attribute)
+    make, fragment = FAULTS[fault]
+
+    def boom(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise make()
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, boom)
+        result = _run(world, out, results)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0] and "Fix:" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (out / "report.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written anywhere
+    again = _run(world, out, results)  # the fault gone: the same record as an uninterrupted run
+    assert again.exit_code in (0, 1, 4), again.output
+    assert _same(json.loads((out / "report.json").read_text())) == _same(reference)
+
+
+def _same(record: dict) -> dict:
+    """What two executions of the same audit share, less the folders this test chose."""
+    data = comparable(record)
+    data["config"] = {k: v for k, v in data["config"].items() if k not in ("out_dir", "results_dir")}
+    return data
