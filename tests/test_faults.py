@@ -81,3 +81,39 @@ def _same(record: dict) -> dict:
     data = comparable(record)
     data["config"] = {k: v for k, v in data["config"].items() if k not in ("out_dir", "results_dir")}
     return data
+
+
+KILL_AT = {**STAGES, "writing a cache entry": ("unlearn_audit.report.record", "os.replace"),
+           "writing the report": ("unlearn_audit.report.record", "os.replace")}
+"""The two writes are killed between the temporary file and its rename (``write_atomic``); with the cache on, the
+first such rename is a cache entry's, with ``--no-cache`` it is the report's."""
+
+
+@pytest.mark.parametrize("stage", list(KILL_AT))
+def test_sigkill_at_each_stage(world, tmp_path, reference, stage):
+    """SIGKILL (nothing runs after it) at each stage, the last one between writing report.json's temporary file and
+    renaming it: no report.json under its name, and a rerun gives the uninterrupted record."""
+    import subprocess
+    import sys
+
+    module_name, attribute = KILL_AT[stage]
+    owner, _, name = attribute.rpartition(".")
+    target = f"m.{owner}" if owner else "m"
+    script = (f"import os, signal, importlib\n"
+              f"m = importlib.import_module({module_name!r})\n"
+              f"setattr({target}, {name!r}, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))\n"
+              f"from unlearn_audit.cli import main\n"
+              f"main()\n")
+    out, results = tmp_path / "out", tmp_path / "results"
+    argv = [*ARGS, "--cache-dir", str(world.hub_cache), "--results-dir", str(results), "--out", str(out),
+            *(["--no-cache"] if stage == "writing the report" else [])]
+    killed = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "report.json").exists()
+    for entry in results.rglob("*.json") if results.exists() else []:  # every cache entry whole
+        json.loads(entry.read_text())
+    again = _run(world, out, results)
+    assert again.exit_code in (0, 1, 4), again.output
+    assert _same(json.loads((out / "report.json").read_text())) == _same(reference)
+    left = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not left, f"a killed write's temporary file is left: {left}"

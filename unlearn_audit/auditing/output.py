@@ -22,6 +22,14 @@ def prepare_out_dir(out_dir: Path) -> None:
                              "pass a writable folder with --out") from None
 
 
+def _remove_stale_temporaries(out_dir: Path, names: list[str]) -> None:
+    """The temporary files a killed write of these reports left (``write_atomic``'s ``.<name>.*.tmp``: a SIGKILL
+    between writing one and renaming it leaves it behind); a rerun removes them."""
+    for name in names:
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def write_reports(report: AuditReport, out_dir: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     """Render ``report`` in each format and write the files atomically; the JSON record goes last."""
     record = report.to_dict()
@@ -32,6 +40,7 @@ def write_reports(report: AuditReport, out_dir: Path, formats: tuple[str, ...]) 
         name, render = RENDERERS[fmt]
         rendered[fmt] = (out_dir / name, render(record))  # render everything before writing anything
     prepare_out_dir(out_dir)
+    _remove_stale_temporaries(out_dir, [path.name for path, _ in rendered.values()])
     for fmt, (path, text) in rendered.items():
         write_atomic(path, text)
     return {fmt: path for fmt, (path, _) in rendered.items()}
