@@ -134,3 +134,17 @@ def test_in_place_quantization_is_undone_from_the_checkpoint(world):
     restore_weights(loaded.model, repo.path)
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_quantizers_command_lists_every_method_and_preset():
+    from typer.testing import CliRunner
+
+    from unlearn_audit.cli import app
+    from unlearn_audit.quantize import PRESETS
+
+    result = CliRunner().invoke(app, ["quantizers"])
+    assert result.exit_code == 0, result.output
+    heads = [line.split()[0] for line in result.output.splitlines() if line and not line.startswith(" ")]
+    assert heads == [*METHODS, *PRESETS]
+    for name, variants in PRESETS.items():
+        assert ", ".join(variants) in " ".join(result.output.split()), name

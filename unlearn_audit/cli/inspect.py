@@ -128,10 +128,12 @@ def _entry(head: str, lines: list[str]) -> None:
 @app.command()
 def quantizers() -> None:
     """List the quantization methods, their --quant syntax and what each needs."""
-    from ..quantize import METHODS
+    from ..quantize import METHODS, PRESETS
 
     for info in METHODS.values():
         _entry(f"{info.name}  e.g. {info.example}", [info.summary, f"needs: {info.needs}"])
+    for name, variants in PRESETS.items():
+        _entry(f"{name}  (a preset: --quant {name})", [", ".join(variants)])
 
 
 @app.command()
