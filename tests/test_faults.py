@@ -117,3 +117,29 @@ def test_sigkill_at_each_stage(world, tmp_path, reference, stage):
     assert _same(json.loads((out / "report.json").read_text())) == _same(reference)
     left = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not left, f"a killed write's temporary file is left: {left}"
+
+
+def test_the_network_gone_mid_download(world, tmp_path, monkeypatch, reference):
+    """The connection breaks off while the weights download (httpx's ReadError, as huggingface_hub's client raises
+    it): one line naming the download, exit 3, nothing written; the rerun gives the uninterrupted record."""
+    import httpx2
+    import huggingface_hub
+
+    real = huggingface_hub.snapshot_download
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        if any(str(p).endswith(".safetensors") for p in kwargs.get("allow_patterns") or []):
+            raise httpx2.ReadError("Connection reset by peer")
+        return real(*args, **kwargs)
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    with monkeypatch.context() as patch:
+        patch.setattr(huggingface_hub, "snapshot_download", broken)
+        result = _run(world, out, results)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "broke off (ReadError: Connection reset by peer)" in lines[0], result.output
+    assert "resumes" in lines[0] and not (out / "report.json").exists()
+    again = _run(world, out, results)
+    assert again.exit_code in (0, 1, 4), again.output
+    assert _same(json.loads((out / "report.json").read_text())) == _same(reference)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ResolutionError
+from ..errors import InputError, ResolutionError, RuntimeFailure
 
 METADATA_FILES = ["*.json", "*.model", "*.txt", "*.md", "*.yaml", "*.tiktoken", "*.jinja"]
 """Phase one of a model: configs, tokenizer files, card and spec (everything checked before any weight)."""
@@ -106,10 +106,29 @@ def _resolve_hub(repo_id: str, *, kind: str, revision: str | None, cache_dir: Pa
                               "that has it, or pass a local folder") from None
     except OSError as exc:
         raise ResolutionError(f"cannot fetch {where}: {exc}", "check the network and disk space, then retry") from None
+    except Exception as exc:
+        if not _is_transport_error(exc):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise RuntimeFailure(f"the download of {where} broke off ({type(exc).__name__}: {detail})",
+                             "check the network and run the command again: huggingface_hub resumes the files "
+                             "it had") from None
     folder = Path(path)
     commit = folder.name if folder.parent.name == "snapshots" else None
     return ResolvedRepo(reference=repo_id, kind=kind, source="hub", path=folder, repo_id=repo_id,
                         revision=revision, commit=commit)
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    """A connection that failed or broke off mid-transfer, as huggingface_hub's HTTP client (httpx) raises it."""
+    try:
+        import httpx2
+    except ImportError:  # an older huggingface_hub on httpx
+        try:
+            import httpx as httpx2
+        except ImportError:
+            return False
+    return isinstance(exc, httpx2.TransportError)
 
 
 def card_metadata(folder: Path) -> dict[str, Any]:
