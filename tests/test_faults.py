@@ -143,3 +143,30 @@ def test_the_network_gone_mid_download(world, tmp_path, monkeypatch, reference):
     again = _run(world, out, results)
     assert again.exit_code in (0, 1, 4), again.output
     assert _same(json.loads((out / "report.json").read_text())) == _same(reference)
+
+
+@pytest.mark.parametrize("fault,fragment", [("disk full", "No space left on device"), ("sigint", "interrupted")])
+def test_a_fault_while_writing_a_cache_entry(world, tmp_path, monkeypatch, reference, fault, fragment):
+    """The disk fills, or an interrupt comes, while the first cache entry is written (its fsync): one line, exit 3,
+    no entry and no temporary file left in the cache, and the rerun gives the uninterrupted record."""
+    import errno
+
+    import unlearn_audit.report.record as record
+
+    def failing(fd):  # noqa: ANN001
+        if fault == "sigint":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    with monkeypatch.context() as patch:
+        patch.setattr(record.os, "fsync", failing)
+        result = _run(world, out, results)
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0] and "Fix:" in lines[0], result.output
+    assert not list(results.rglob("*.json")) and not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / "report.json").exists()
+    again = _run(world, out, results)
+    assert again.exit_code in (0, 1, 4), again.output
+    assert _same(json.loads((out / "report.json").read_text())) == _same(reference)
