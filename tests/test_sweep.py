@@ -241,9 +241,10 @@ def test_a_hub_collection_gives_its_models_in_order_and_offline_is_one_line(monk
     assert result.exit_code == 2 and "--collection" in result.output
 
 
-def test_a_killed_sweep_resumes_where_it_stopped(world, tmp_path):
-    """SIGKILL once the first checkpoint's record is written, then the same command again: the first is kept, the
-    second audited; the leaderboard has both."""
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_a_killed_sweep_resumes_where_it_stopped(world, tmp_path, signal_name):
+    """SIGKILL (or SIGINT: one line, exit 3) once the first checkpoint's record is written, then the same command
+    again: the first is kept, the second audited; the leaderboard has both."""
     import os
     import signal
     import subprocess
@@ -255,14 +256,20 @@ def test_a_killed_sweep_resumes_where_it_stopped(world, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "unlearn_audit.cli", "sweep", str(grid), *OPTIONS, "--cache-dir",
                str(world.hub_cache), "--results-dir", str(tmp_path / "results"), "--out", str(out)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     first = out / "miniature__robust" / ".sweep-key"
     deadline = time.time() + 600
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(getattr(signal, signal_name))
+    _, stderr = proc.communicate(timeout=600)
+    if signal_name == "SIGINT":
+        assert proc.returncode == 3, stderr[-2000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr[-2000:]
+    else:
+        assert proc.returncode == -9
     assert first.exists() and not (out / "leaderboard.json").exists()
     result = runner.invoke(app, command[3:])
     assert result.exit_code == 1, result.output
