@@ -39,11 +39,16 @@ class MethodInfo:
     """Variants the contract tests run for this method (every registered method must list some)."""
 
 
+def _group_size(option: str) -> int | None:
+    """The group size an option ``gN`` names, else None."""
+    return int(option[1:]) if option.startswith("g") and option[1:].isdigit() else None
+
+
 def _build_rtn(bits: int, options: list[str]) -> Quantizer:
     group, symmetric, head = 128, False, False
     for opt in options:
-        if opt.startswith("g") and opt[1:].isdigit():
-            group = int(opt[1:])
+        if (size := _group_size(opt)) is not None:
+            group = size
         elif opt == "sym":
             symmetric = True
         elif opt == "asym":
@@ -80,8 +85,8 @@ def _build_fp8(tile: str | None, options: list[str]) -> Quantizer:
 def _build_mlx(bits: int, options: list[str]) -> Quantizer:
     group, rounding = 64, "metal"
     for opt in options:
-        if opt.startswith("g") and opt[1:].isdigit():
-            group = int(opt[1:])
+        if (size := _group_size(opt)) is not None:
+            group = size
         elif opt in ("cpu", "metal"):
             rounding = opt
         else:
@@ -93,8 +98,8 @@ def _build_mlx(bits: int, options: list[str]) -> Quantizer:
 def _build_hqq(bits: int, options: list[str]) -> Quantizer:
     group = 64
     for opt in options:
-        if opt.startswith("g") and opt[1:].isdigit():
-            group = int(opt[1:])
+        if (size := _group_size(opt)) is not None:
+            group = size
         else:
             raise UsageError(f"unknown HQQ option '{opt}'", "use gN (group size, a multiple of 8), e.g. hqq:4:g64")
     return HQQQuantizer(bits=bits, group_size=group)
@@ -114,8 +119,8 @@ def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
     def build(bits: int, options: list[str]) -> Quantizer:
         group, symmetric, act = 128, None, False
         for opt in options:
-            if opt.startswith("g") and opt[1:].isdigit():
-                group = int(opt[1:])
+            if (size := _group_size(opt)) is not None:
+                group = size
             elif opt in ("sym", "asym"):
                 symmetric = opt == "sym"
             elif opt == "act":

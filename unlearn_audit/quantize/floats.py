@@ -118,16 +118,15 @@ class FloatGrid:
     shape: torch.Size
     element: str
     """``e4m3`` or ``e2m1``: how ``w / scale`` is rounded."""
-    reciprocal: bool = False
-    """NVFP4: the producer multiplies by a reciprocal (``w * ((1 / t) / s)``) instead of dividing."""
     inverse: torch.Tensor | None = None
-    """NVFP4: that reciprocal per tile."""
+    """NVFP4: the producer multiplies by a reciprocal per tile (``w * ((1 / t) / s)``) instead of dividing; None:
+    it divides by ``scale``."""
     ties: str = "even"
     """How an E2M1 element's tie is rounded (see :func:`round_e2m1`)."""
 
     def _elements(self, weight: torch.Tensor) -> torch.Tensor:
         tiles = _tiles(weight.float(), self.rows, self.cols)
-        if self.reciprocal:
+        if self.inverse is not None:
             scaled = tiles * self.inverse
         else:
             safe = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))
@@ -204,7 +203,7 @@ def nvfp4_grid(weight: torch.Tensor) -> FloatGrid:
     tiny = torch.finfo(torch.float8_e4m3fn).tiny
     block_fp8 = (block / tensor_scale).clamp(tiny, E4M3_MAX).to(torch.float8_e4m3fn).float()
     return FloatGrid(scale=tensor_scale * block_fp8, values=E2M1_VALUES, rows=1, cols=16, shape=w.shape,
-                     element="e2m1", reciprocal=True, inverse=(1.0 / tensor_scale) / block_fp8)
+                     element="e2m1", inverse=(1.0 / tensor_scale) / block_fp8)
 
 
 def _tile_shape(tile: str, shape: torch.Size) -> tuple[int, int]:
