@@ -136,12 +136,10 @@ def _calibrated(method: str) -> Callable[[int, list[str]], Quantizer]:
 PRESETS = {"paper": ("bnb:fp4", "bnb:int8"),
            "deploy": ("gguf:q4_k_m", "gguf:q8_0", "bnb:nf4", "fp8:block128", "fp8:channel", "mxfp4", "nvfp4")}
 """Named sets of variants. ``paper``: Zhang et al.'s 4-bit (bnb FP4, blocks of 64, no double
-quantization) and 8-bit (LLM.int8) attacks. ``deploy``: the formats models are published and served in, as the
-producers document them (no Hub counts could be read here; docs/quantizers.md says how it was chosen): llama.cpp's
-Q4_K_M and Q8_0 (the files GGUF repositories lead with), bitsandbytes NF4 (transformers' and QLoRA's 4-bit), FP8 in
-128x128 blocks (DeepSeek-V3, Qwen3) and per channel (llm-compressor's FP8 checkpoints of Llama and Mistral), MXFP4
-(gpt-oss) and NVFP4 (NVIDIA's Blackwell checkpoints). Calibrated methods (GPTQ, AWQ) are left out: they need an extra
-and calibration text."""
+quantization) and 8-bit (LLM.int8) attacks. ``deploy``: one variant of each format family known to be published
+(a judgement: neither Hub counts nor the producers' pages could be read here; docs/quantizers.md): llama.cpp's
+Q4_K_M and Q8_0, bitsandbytes NF4, FP8 in 128x128 blocks and per channel, MXFP4 and NVFP4. Calibrated methods (GPTQ,
+AWQ) are left out: they need an extra and calibration text."""
 
 METHODS: dict[str, MethodInfo] = {
     "rtn": MethodInfo(
